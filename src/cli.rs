@@ -1,0 +1,107 @@
+//! Command-line flags. Each flag overrides the environment variable of the
+//! same meaning, so the documented variables stay the one source of truth.
+
+use std::collections::HashMap;
+
+pub const USAGE: &str = "\
+anki-sync-lite: a small self-hosted Anki sync server
+
+USAGE:
+    anki-sync-lite [OPTIONS]        serve
+    anki-sync-lite --healthcheck    exit 0 if a server answers on SYNC_HOST:SYNC_PORT, else 1
+
+OPTIONS (each overrides the environment variable in brackets):
+    --host IP           address to listen on [SYNC_HOST, default 0.0.0.0]
+    --port N            port [SYNC_PORT, default 8080]
+    --base DIR          data folder [SYNC_BASE, default ~/.syncserver]
+    --base-path PATH    serve under a path prefix, e.g. /anki/ [SYNC_BASE_PATH, default /]
+    --workers N         request worker threads [SYNC_WORKERS, default 8]
+    --log-level LEVEL   error, warn, info, debug or trace [RUST_LOG, default info]
+    -h, --help          print this help
+    -V, --version       print the version
+
+USERS: SYNC_USER1=name:password, SYNC_USER2=..., numbered without gaps.
+Set PASSWORDS_HASHED=1 to give PHC pbkdf2-sha256 strings instead of passwords.
+Other settings: MAX_SYNC_PAYLOAD_MEGS (default 100), SYNC_IP_HEADER (default ConnectInfo).
+In Anki, set the sync server to http://HOST:PORT/ (with the trailing slash).
+";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    Healthcheck,
+    Help,
+    Version,
+}
+
+/// Parses the arguments, writing flag values into `env` under the names of
+/// the variables they override.
+pub fn parse(
+    args: impl IntoIterator<Item = String>,
+    env: &mut HashMap<String, String>,
+) -> Result<Command, String> {
+    let mut command = Command::Serve;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let var = match flag.as_str() {
+            "-h" | "--help" => {
+                command = Command::Help;
+                continue;
+            }
+            "-V" | "--version" => {
+                command = Command::Version;
+                continue;
+            }
+            "--healthcheck" => {
+                command = Command::Healthcheck;
+                continue;
+            }
+            "--host" => "SYNC_HOST",
+            "--port" => "SYNC_PORT",
+            "--base" => "SYNC_BASE",
+            "--base-path" => "SYNC_BASE_PATH",
+            "--workers" => "SYNC_WORKERS",
+            "--log-level" => "RUST_LOG",
+            other => return Err(format!("unknown option {other:?} (see --help)")),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+        };
+        env.insert(var.to_string(), value);
+    }
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> (Result<Command, String>, HashMap<String, String>) {
+        let mut env = HashMap::new();
+        let r = parse(args.iter().map(|s| s.to_string()), &mut env);
+        (r, env)
+    }
+
+    #[test]
+    fn flags_override_variables() {
+        let (cmd, env) = run(&["--host", "127.0.0.1", "--port=9000", "--base-path", "/anki"]);
+        assert_eq!(cmd, Ok(Command::Serve));
+        assert_eq!(env["SYNC_HOST"], "127.0.0.1");
+        assert_eq!(env["SYNC_PORT"], "9000");
+        assert_eq!(env["SYNC_BASE_PATH"], "/anki");
+    }
+
+    #[test]
+    fn commands_and_errors() {
+        assert_eq!(run(&["--healthcheck"]).0, Ok(Command::Healthcheck));
+        assert_eq!(run(&["-V"]).0, Ok(Command::Version));
+        assert_eq!(run(&["--help"]).0, Ok(Command::Help));
+        assert!(run(&["--port"]).0.unwrap_err().contains("needs a value"));
+        assert!(run(&["--bogus"]).0.unwrap_err().contains("unknown option"));
+    }
+}

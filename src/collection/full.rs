@@ -1,0 +1,292 @@
+//! Full sync: a client replaces the server's collection (`upload`) or takes
+//! a copy of it (`download`).
+//!
+//! An upload is streamed to a temporary file next to the collection,
+//! checked, and only then renamed over the old file, so a failed, rejected
+//! or interrupted upload (even a crash) leaves the old collection as it was.
+//! Receiving and checking need no lock; only the swap takes the user's lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+use rusqlite::Connection;
+
+use super::SyncError;
+use crate::storage;
+use crate::user::{COLLECTION_FILE, TEMP_SUFFIX, UserState};
+
+/// The body of a successful upload: two ASCII bytes, not JSON.
+pub const UPLOAD_OK: &str = "OK";
+/// Clients show any other upload answer to the user; these are upstream's texts.
+pub const UPLOAD_CORRUPT: &str =
+    "Your upload was corrupt. Please use Check Database, or restore from backup.";
+pub const UPLOAD_TOO_LARGE: &str = "collection exceeds size limit";
+pub const UPLOAD_NOT_STORED: &str = "The sync server could not store your collection (its disk may be full). Your collection on the server was not changed.";
+
+/// Schema version of the collections we store and serve to current clients.
+pub const SCHEMA_VERSION: i64 = 18;
+
+/// A temporary file that is deleted unless it was installed.
+pub struct TempFile {
+    path: PathBuf,
+    installed: bool,
+}
+
+impl TempFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.installed {
+            for path in [
+                self.path.clone(),
+                sidecar(&self.path, "-wal"),
+                sidecar(&self.path, "-shm"),
+            ] {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Why receiving an upload failed.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// Reading the request body failed (bad compression, limit, connection).
+    Body(io::Error),
+    /// Writing the temporary file failed (disk full, permissions).
+    Disk(io::Error),
+}
+
+/// Streams the upload body into a new temporary file in `dir`, fsynced.
+pub fn receive(dir: &Path, body: &mut dyn Read) -> Result<TempFile, ReceiveError> {
+    let path = dir.join(format!(
+        "{COLLECTION_FILE}.upload-{}-{:x}{TEMP_SUFFIX}",
+        std::process::id(),
+        random_u64()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(ReceiveError::Disk)?;
+    let temp = TempFile {
+        path,
+        installed: false,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ReceiveError::Body(e)),
+        };
+        file.write_all(&buf[..n]).map_err(ReceiveError::Disk)?;
+    }
+    file.sync_all().map_err(ReceiveError::Disk)?;
+    Ok(temp)
+}
+
+/// Checks that an uploaded file is a collection we can store. The error is
+/// the reason, for the log; the client is told [`UPLOAD_CORRUPT`].
+pub fn validate(temp: &TempFile) -> Result<(), String> {
+    let mut header = [0u8; 16];
+    File::open(temp.path())
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|_| "too short to be a SQLite file".to_string())?;
+    if &header != b"SQLite format 3\0" {
+        return Err("not a SQLite file".into());
+    }
+    let conn = storage::open(temp.path()).map_err(|e| format!("cannot open: {e}"))?;
+    let result = check_collection(&conn);
+    if let Err((_, e)) = conn.close() {
+        warn!("closing checked upload: {e}");
+    }
+    result
+}
+
+fn check_collection(conn: &Connection) -> Result<(), String> {
+    // The file came from the network: never run functions its schema names.
+    conn.pragma_update(None, "trusted_schema", false)
+        .map_err(|e| format!("pragma: {e}"))?;
+    let integrity: String = conn
+        .query_row("pragma integrity_check", [], |r| r.get(0))
+        .map_err(|e| format!("integrity check failed to run: {e}"))?;
+    if integrity != "ok" {
+        return Err(format!("integrity check: {integrity}"));
+    }
+    let ver: i64 = conn
+        .query_row("select ver from col", [], |r| r.get(0))
+        .map_err(|e| format!("no collection in the file: {e}"))?;
+    match ver {
+        SCHEMA_VERSION => Ok(()),
+        11 | 14..=17 => Err(format!(
+            "schema {ver} uploads (from clients before 2.1.57) are not supported yet"
+        )),
+        other => Err(format!("unsupported schema version {other}")),
+    }
+}
+
+/// Replaces the user's collection with a checked upload. Runs under the
+/// user's lock.
+pub fn install(state: &mut UserState, mut temp: TempFile) -> Result<(), SyncError> {
+    state.close_collection();
+    let target = state.collection_path();
+    retire_stale_wal(&target);
+    fs::rename(temp.path(), &target)?;
+    temp.installed = true;
+    sync_dir(state.dir())?;
+    info!("installed a new collection at {}", target.display());
+    Ok(())
+}
+
+/// A WAL left next to the old file (after a crash) would be applied to the
+/// new file by SQLite. Fold it into the old file first, then make sure it
+/// is gone before the new file takes the name.
+fn retire_stale_wal(target: &Path) {
+    let wal = sidecar(target, "-wal");
+    if wal.exists() {
+        match storage::open(target).and_then(|c| {
+            c.query_row("pragma wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            c.close().map_err(|(_, e)| e)
+        }) {
+            Ok(()) => {}
+            Err(e) => warn!("checkpointing the old collection before replacing it: {e}"),
+        }
+    }
+    for path in [wal, sidecar(target, "-shm")] {
+        if path.exists() {
+            if let Err(e) = fs::remove_file(&path) {
+                warn!("removing {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Prepares the user's collection for a full download and opens it for
+/// reading: bumps `usn` and sets `mod` to now (as upstream does, so other
+/// devices notice), then checkpoints so the main file alone is complete.
+/// The caller must hold the user's lock until the file has been sent.
+pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64), SyncError> {
+    let col = state.collection()?;
+    col.execute("update col set usn = usn + 1, mod = ?", [now_ms])?;
+    let busy: i64 = col.query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(SyncError::Internal(
+            "collection is busy; checkpoint incomplete".into(),
+        ));
+    }
+    let file = File::open(state.collection_path())?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return crate::user::now_millis() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_with(dir: &Path, bytes: &[u8]) -> TempFile {
+        receive(dir, &mut &bytes[..]).unwrap()
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = temp_with(dir.path(), b"");
+        assert!(validate(&t).unwrap_err().contains("too short"));
+        let t = temp_with(dir.path(), &[b'x'; 4096]);
+        assert!(validate(&t).unwrap_err().contains("not a SQLite"));
+
+        // A valid SQLite file that is not a collection.
+        let plain = dir.path().join("plain.db");
+        Connection::open(&plain)
+            .unwrap()
+            .execute_batch("create table t (x)")
+            .unwrap();
+        let t = temp_with(dir.path(), &fs::read(&plain).unwrap());
+        assert!(validate(&t).unwrap_err().contains("no collection"));
+
+        // A truncated collection.
+        let col = dir.path().join("col.db");
+        let c = Connection::open(&col).unwrap();
+        c.execute_batch(
+            "create table col (ver integer); insert into col values (18);
+             create table big (x); ",
+        )
+        .unwrap();
+        for i in 0..2000 {
+            c.execute("insert into big values (?)", [format!("{i:0100}")])
+                .unwrap();
+        }
+        drop(c);
+        let bytes = fs::read(&col).unwrap();
+        let t = temp_with(dir.path(), &bytes[..bytes.len() / 2]);
+        assert!(validate(&t).is_err());
+
+        let t = temp_with(dir.path(), &bytes);
+        assert!(validate(&t).is_ok());
+        // Wrong schema versions.
+        Connection::open(&col)
+            .unwrap()
+            .execute("update col set ver = 13", [])
+            .unwrap();
+        let t = temp_with(dir.path(), &fs::read(&col).unwrap());
+        assert!(validate(&t).unwrap_err().contains("unsupported schema"));
+    }
+
+    #[test]
+    fn dropped_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let t = temp_with(dir.path(), b"abc");
+            assert!(t.path().exists());
+            assert!(t.path().to_string_lossy().ends_with(TEMP_SUFFIX));
+            t.path().to_path_buf()
+        };
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn body_and_disk_errors_are_told_apart() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("bad zstd"))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            receive(dir.path(), &mut Broken),
+            Err(ReceiveError::Body(_))
+        ));
+        let missing = dir.path().join("nope");
+        assert!(matches!(
+            receive(&missing, &mut &b"x"[..]),
+            Err(ReceiveError::Disk(_))
+        ));
+    }
+}

@@ -1,0 +1,328 @@
+//! Server settings, read from the same environment variables as the official
+//! Anki sync server (so one environment file works for both), then
+//! overridden by command-line flags. Every value is checked here, at start-up,
+//! so that a typo is a clear error instead of a failure at the first login.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// One configured account, as written in `SYNC_USERn` (`name:secret`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    /// Which variable it came from, for error messages.
+    pub var: String,
+    pub name: String,
+    /// Plain password, or a PHC string when `PASSWORDS_HASHED` is set.
+    pub secret: String,
+}
+
+/// Where the client address written to the logs comes from (`SYNC_IP_HEADER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpSource {
+    ConnectInfo,
+    RightmostXForwardedFor,
+    XRealIp,
+    TrueClientIp,
+    CfConnectingIp,
+    FlyClientIp,
+    CloudFrontViewerAddress,
+}
+
+impl IpSource {
+    const NAMES: [(&'static str, IpSource); 7] = [
+        ("ConnectInfo", IpSource::ConnectInfo),
+        ("RightmostXForwardedFor", IpSource::RightmostXForwardedFor),
+        ("XRealIp", IpSource::XRealIp),
+        ("TrueClientIp", IpSource::TrueClientIp),
+        ("CfConnectingIp", IpSource::CfConnectingIp),
+        ("FlyClientIp", IpSource::FlyClientIp),
+        ("CloudFrontViewerAddress", IpSource::CloudFrontViewerAddress),
+    ];
+
+    fn parse(value: &str) -> Option<IpSource> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(_, source)| *source)
+    }
+
+    /// The request header to read, or `None` for the TCP peer address.
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            IpSource::ConnectInfo => None,
+            IpSource::RightmostXForwardedFor => Some("X-Forwarded-For"),
+            IpSource::XRealIp => Some("X-Real-IP"),
+            IpSource::TrueClientIp => Some("True-Client-IP"),
+            IpSource::CfConnectingIp => Some("CF-Connecting-IP"),
+            IpSource::FlyClientIp => Some("Fly-Client-IP"),
+            IpSource::CloudFrontViewerAddress => Some("CloudFront-Viewer-Address"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub users: Vec<UserEntry>,
+    pub passwords_hashed: bool,
+    pub base: PathBuf,
+    pub host: IpAddr,
+    pub port: u16,
+    /// `MAX_SYNC_PAYLOAD_MEGS`: compressed request bodies may be this many MiB,
+    /// decompressed ones three times as much.
+    pub max_payload_megs: u64,
+    pub ip_source: IpSource,
+    /// Path prefix the server answers under (always starts and ends with `/`).
+    pub base_path: String,
+    /// Worker threads handling requests.
+    pub workers: usize,
+    /// Seconds an unused collection stays open before it is closed.
+    pub idle_close_secs: u64,
+    pub log_level: log::LevelFilter,
+}
+
+/// Default worker count: enough for a household's devices (each keeps a
+/// couple of connections) without paying for idle threads on a small box.
+pub const DEFAULT_WORKERS: usize = 8;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Reads the settings from an environment (normally `std::env::vars()`).
+    /// `require_users` is false for commands that do not serve (e.g.
+    /// `--healthcheck`).
+    pub fn from_env(
+        env: &HashMap<String, String>,
+        require_users: bool,
+    ) -> Result<Self, ConfigError> {
+        let users = read_users(env, require_users)?;
+        let base = match env.get("SYNC_BASE") {
+            Some(b) if !b.is_empty() => PathBuf::from(b),
+            _ => default_base(env)?,
+        };
+        let host = match env.get("SYNC_HOST") {
+            Some(h) => h
+                .parse()
+                .map_err(|_| err(format!("SYNC_HOST must be an IP address, not {h:?}")))?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let port = parse_num(env, "SYNC_PORT", 8080u16)?;
+        let max_payload_megs = parse_num(env, "MAX_SYNC_PAYLOAD_MEGS", 100u64)?;
+        if max_payload_megs == 0 || max_payload_megs > 1 << 20 {
+            return Err(err("MAX_SYNC_PAYLOAD_MEGS must be between 1 and 1048576"));
+        }
+        let ip_source = match env.get("SYNC_IP_HEADER") {
+            None => IpSource::ConnectInfo,
+            Some(v) => IpSource::parse(v).ok_or_else(|| {
+                let names: Vec<_> = IpSource::NAMES.iter().map(|(n, _)| *n).collect();
+                err(format!(
+                    "SYNC_IP_HEADER {v:?} is not one of: {}",
+                    names.join(", ")
+                ))
+            })?,
+        };
+        let base_path =
+            normalize_base_path(env.get("SYNC_BASE_PATH").map(String::as_str).unwrap_or("/"));
+        let workers = parse_num(env, "SYNC_WORKERS", DEFAULT_WORKERS)?;
+        if workers == 0 || workers > 256 {
+            return Err(err("SYNC_WORKERS must be between 1 and 256"));
+        }
+        let idle_close_secs = parse_num(env, "SYNC_IDLE_CLOSE_SECS", 300u64)?;
+        let log_level = match env.get("RUST_LOG") {
+            Some(v) => parse_level(v)?,
+            None => log::LevelFilter::Info,
+        };
+        Ok(Config {
+            users,
+            passwords_hashed: env.contains_key("PASSWORDS_HASHED"),
+            base,
+            host,
+            port,
+            max_payload_megs,
+            ip_source,
+            base_path,
+            workers,
+            idle_close_secs,
+            log_level,
+        })
+    }
+
+    /// Largest accepted compressed request body, in bytes.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_payload_megs * 1024 * 1024
+    }
+
+    /// Largest accepted decompressed payload, in bytes (3× the body limit,
+    /// as the official server).
+    pub fn max_payload_bytes(&self) -> u64 {
+        self.max_body_bytes() * 3
+    }
+}
+
+fn read_users(
+    env: &HashMap<String, String>,
+    required: bool,
+) -> Result<Vec<UserEntry>, ConfigError> {
+    let mut users: Vec<UserEntry> = Vec::new();
+    for n in 1.. {
+        let var = format!("SYNC_USER{n}");
+        let Some(value) = env.get(&var) else { break };
+        let Some((name, secret)) = value.split_once(':') else {
+            return Err(err(format!(
+                "{var} should be in 'username:password' format."
+            )));
+        };
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            return Err(err(format!(
+                "{var}: the user name {name:?} cannot be used as a folder name"
+            )));
+        }
+        if users.iter().any(|u| u.name == name) {
+            return Err(err(format!("{var}: user {name:?} is defined twice")));
+        }
+        users.push(UserEntry {
+            var,
+            name: name.to_string(),
+            secret: secret.to_string(),
+        });
+    }
+    if required && users.is_empty() {
+        return Err(err("No users defined; SYNC_USER1 env var should be set."));
+    }
+    Ok(users)
+}
+
+fn default_base(env: &HashMap<String, String>) -> Result<PathBuf, ConfigError> {
+    match env.get("HOME") {
+        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".syncserver")),
+        _ => Err(err(
+            "SYNC_BASE is not set and there is no home folder to default to",
+        )),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    env: &HashMap<String, String>,
+    var: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("{var} must be a whole number, not {v:?}"))),
+    }
+}
+
+pub fn parse_level(v: &str) -> Result<log::LevelFilter, ConfigError> {
+    // Accept plain levels and the official launcher's `anki=info` style.
+    let level = v.rsplit('=').next().unwrap_or(v).trim();
+    level.parse().map_err(|_| {
+        err(format!(
+            "log level {v:?} is not one of off, error, warn, info, debug, trace"
+        ))
+    })
+}
+
+/// `anki`, `/anki`, `/anki/` and `//anki//` all become `/anki/`; empty is `/`.
+pub fn normalize_base_path(raw: &str) -> String {
+    let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}/", parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn users_stop_at_first_gap_and_split_at_first_colon() {
+        let c = Config::from_env(
+            &env(&[
+                ("SYNC_USER1", "a:p:w"),
+                ("SYNC_USER2", "b:x"),
+                ("SYNC_USER4", "d:y"),
+                ("HOME", "/h"),
+            ]),
+            true,
+        )
+        .unwrap();
+        let names: Vec<_> = c
+            .users
+            .iter()
+            .map(|u| (u.name.as_str(), u.secret.as_str()))
+            .collect();
+        assert_eq!(names, [("a", "p:w"), ("b", "x")]);
+        assert_eq!(c.base, PathBuf::from("/h/.syncserver"));
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_payload_bytes(), 300 * 1024 * 1024);
+    }
+
+    #[test]
+    fn missing_or_malformed_users_are_errors() {
+        let e = Config::from_env(&env(&[("SYNC_USER2", "b:x"), ("HOME", "/h")]), true).unwrap_err();
+        assert!(e.0.contains("SYNC_USER1"), "{e}");
+        let e =
+            Config::from_env(&env(&[("SYNC_USER1", "nocolon"), ("HOME", "/h")]), true).unwrap_err();
+        assert!(e.0.contains("SYNC_USER1 should be"), "{e}");
+        let e =
+            Config::from_env(&env(&[("SYNC_USER1", "../x:p"), ("HOME", "/h")]), true).unwrap_err();
+        assert!(e.0.contains("folder"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let base = [("SYNC_USER1", "a:b"), ("HOME", "/h")];
+        for (var, val, needle) in [
+            ("SYNC_HOST", "localhost", "SYNC_HOST"),
+            ("SYNC_PORT", "99999", "SYNC_PORT"),
+            ("MAX_SYNC_PAYLOAD_MEGS", "x", "MAX_SYNC_PAYLOAD_MEGS"),
+            ("SYNC_IP_HEADER", "xrealip", "XRealIp"),
+        ] {
+            let mut e = env(&base);
+            e.insert(var.into(), val.into());
+            let msg = Config::from_env(&e, true).unwrap_err().0;
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn base_path_is_normalized() {
+        assert_eq!(normalize_base_path(""), "/");
+        assert_eq!(normalize_base_path("/"), "/");
+        assert_eq!(normalize_base_path("anki"), "/anki/");
+        assert_eq!(normalize_base_path("//a//b/"), "/a/b/");
+    }
+
+    #[test]
+    fn log_level_accepts_official_style() {
+        assert_eq!(parse_level("anki=debug").unwrap(), log::LevelFilter::Debug);
+        assert_eq!(parse_level("warn").unwrap(), log::LevelFilter::Warn);
+        assert!(parse_level("loud").is_err());
+    }
+}

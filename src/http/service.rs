@@ -1,0 +1,418 @@
+//! Handling one request from start to finish: route, framing, auth, the
+//! user's lock, the protocol handler, the encoded answer and one log line.
+//! Handlers are plain functions called from `process`, read top to bottom.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, BufReader, Cursor, Read};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tiny_http::{Header, Method, Request, Response, StatusCode};
+
+use super::error::HandlerError;
+use super::framing::{self, BodyLimits, FramingError, SYNC_VERSION_ZSTD, SyncHeader};
+use super::route::{Route, SyncMethod, Verb, route};
+use crate::auth::Users;
+use crate::collection::SyncError;
+use crate::collection::full::{self, ReceiveError};
+use crate::collection::meta::{self, MetaContext, MetaRequest};
+use crate::config::Config;
+use crate::user::{UserGuard, UserStore, now_millis};
+
+/// Everything a worker needs; shared read-only by all workers.
+pub struct Service {
+    pub config: Config,
+    pub users: Users,
+    pub store: UserStore,
+}
+
+/// A successful answer, before encoding.
+enum Reply<'s> {
+    /// `/health`: 200 with an empty body, never compressed.
+    Empty,
+    Bytes(Vec<u8>),
+    /// A file streamed from disk. The guard holds the user's lock until the
+    /// last byte is sent, so nothing writes to the file meanwhile.
+    File {
+        file: File,
+        len: u64,
+        _lock: UserGuard<'s>,
+    },
+}
+
+/// What the log line says about a request.
+#[derive(Default)]
+struct LogFields {
+    user: Option<String>,
+    client: Option<String>,
+    route: Option<Route>,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    u: String,
+    p: String,
+}
+
+impl Service {
+    /// Handles one request completely. Never panics outward: a panic in a
+    /// handler becomes a 500 for that request only.
+    pub fn handle(&self, request: Request) {
+        let started = Instant::now();
+        let url = request.url().to_string();
+        let ip = self.client_ip(&request);
+        let received = Cell::new(0u64);
+        let mut fields = LogFields::default();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.respond(request, &received, &mut fields)
+        }));
+        let (status, sent, cause) = match result {
+            Ok(outcome) => outcome,
+            Err(_) => (500, 0, Some("handler panicked".to_string())),
+        };
+        let ms = started.elapsed().as_millis();
+        let what = fields.route.map(|r| r.to_string()).unwrap_or(url);
+        let line = format!(
+            "{ip} {} {} {what} {status} in={} out={sent} {ms}ms{}",
+            fields.user.as_deref().unwrap_or("-"),
+            fields.client.as_deref().unwrap_or("-"),
+            received.get(),
+            cause.map(|c| format!(" ({c})")).unwrap_or_default(),
+        );
+        match (fields.route, status) {
+            (Some(Route::Health), 200) => debug!("{line}"),
+            (_, 500..) => error!("{line}"),
+            (_, 400..) => warn!("{line}"),
+            _ => info!("{line}"),
+        }
+    }
+
+    /// Processes and answers; returns status, payload bytes sent and, for
+    /// errors, the cause for the log.
+    fn respond(
+        &self,
+        mut request: Request,
+        received: &Cell<u64>,
+        fields: &mut LogFields,
+    ) -> (u16, u64, Option<String>) {
+        let mut version = SYNC_VERSION_ZSTD;
+        match self.process(&mut request, received, fields, &mut version) {
+            Ok(reply) => {
+                let (status, sent) = send_reply(request, reply, version);
+                (status, sent, None)
+            }
+            Err(err) => {
+                if err.body_is_drainable() {
+                    drain(&mut request, self.config.max_body_bytes(), received);
+                }
+                let reply = err.reply();
+                let mut response =
+                    Response::from_string(reply.body).with_status_code(StatusCode(reply.status));
+                if reply.status != 404 && reply.status != 405 {
+                    response.add_header(header("Content-Type", "text/plain; charset=utf-8"));
+                }
+                if let Some(allow) = reply.allow {
+                    response.add_header(header("Allow", allow));
+                }
+                let _ = request.respond(response);
+                (reply.status, 0, Some(err.to_string()))
+            }
+        }
+    }
+
+    fn process<'s>(
+        &'s self,
+        request: &mut Request,
+        received: &Cell<u64>,
+        fields: &mut LogFields,
+        version: &mut u8,
+    ) -> Result<Reply<'s>, HandlerError> {
+        let verb = match request.method() {
+            Method::Get => Verb::Get,
+            Method::Head => Verb::Head,
+            Method::Post => Verb::Post,
+            _ => Verb::Other,
+        };
+        let route = route(verb, request.url(), &self.config.base_path)?;
+        fields.route = Some(route);
+        if route == Route::Health {
+            return Ok(Reply::Empty);
+        }
+        let sync_header = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("anki-sync"))
+            .map(|h| h.value.as_str().to_string());
+        let Some(sync_header) = sync_header else {
+            return Err(FramingError::BadHeader(
+                "missing anki-sync header (clients older than Anki 2.1.57 are not supported yet)"
+                    .into(),
+            )
+            .into());
+        };
+        let header = SyncHeader::parse(&sync_header)?;
+        *version = header.version;
+        fields.client = Some(header.client.clone());
+        let limits = BodyLimits {
+            compressed: self.config.max_body_bytes(),
+            decompressed: self.config.max_payload_bytes(),
+        };
+        let mut body = Body {
+            request,
+            received,
+            limits,
+        };
+
+        let Route::Sync(method) = route else {
+            return Err(SyncError::Internal("media sync is not implemented yet".into()).into());
+        };
+        if method == SyncMethod::HostKey {
+            let login: LoginRequest = body.json()?;
+            fields.user = Some(login.u.clone());
+            let account = self.users.login(&login.u, &login.p)?;
+            let answer = serde_json::json!({ "key": account.hkey });
+            return Ok(Reply::Bytes(answer.to_string().into_bytes()));
+        }
+
+        let account = self.users.by_hkey(&header.hkey)?;
+        fields.user = Some(account.name.clone());
+        let slot = self
+            .store
+            .slot(&account.name)
+            .ok_or_else(|| SyncError::Internal(format!("no folder for user {}", account.name)))?;
+
+        match method {
+            SyncMethod::Meta => {
+                let req: MetaRequest = body.json()?;
+                let mut state = slot.lock();
+                let file_size = std::fs::metadata(state.collection_path())
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let col = state.collection()?;
+                let ctx = MetaContext {
+                    now_ms: now_millis(),
+                    file_size,
+                    max_payload_bytes: self.config.max_payload_bytes(),
+                    media_usn: 0,
+                };
+                let answer = meta::meta(col, &req, &ctx)?;
+                Ok(Reply::Bytes(
+                    serde_json::to_vec(&answer).map_err(SyncError::from)?,
+                ))
+            }
+            SyncMethod::Upload => {
+                let dir = slot.lock().dir().to_path_buf();
+                let temp = match full::receive(&dir, &mut body.decoded()?) {
+                    Ok(temp) => temp,
+                    Err(ReceiveError::Body(e)) => {
+                        return match FramingError::from_body_error(e) {
+                            FramingError::TooLarge(limit) => {
+                                warn!("upload from {} refused: {limit}", account.name);
+                                Ok(Reply::Bytes(full::UPLOAD_TOO_LARGE.into()))
+                            }
+                            other => Err(other.into()),
+                        };
+                    }
+                    Err(ReceiveError::Disk(e)) => {
+                        error!("upload from {} could not be stored: {e}", account.name);
+                        return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
+                    }
+                };
+                if let Err(reason) = full::validate(&temp) {
+                    warn!("upload from {} rejected: {reason}", account.name);
+                    return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
+                }
+                let mut state = slot.lock();
+                full::install(&mut state, temp)?;
+                Ok(Reply::Bytes(full::UPLOAD_OK.into()))
+            }
+            SyncMethod::Download => {
+                body.discard()?;
+                if header.version < SYNC_VERSION_ZSTD {
+                    return Err(SyncError::BadRequest(
+                        "schema-11 downloads for clients before 2.1.57 are not supported yet"
+                            .into(),
+                    )
+                    .into());
+                }
+                let mut state = slot.lock();
+                let (file, len) = full::prepare_download(&mut state, now_millis())?;
+                Ok(Reply::File {
+                    file,
+                    len,
+                    _lock: state,
+                })
+            }
+            SyncMethod::Abort => {
+                body.discard()?;
+                Ok(Reply::Bytes(b"null".to_vec()))
+            }
+            other => Err(SyncError::Internal(format!(
+                "{} (normal sync) is not implemented yet",
+                other.name()
+            ))
+            .into()),
+        }
+    }
+
+    fn client_ip(&self, request: &Request) -> String {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "-".into());
+        let Some(name) = self.config.ip_source.header() else {
+            return peer;
+        };
+        let value = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_string());
+        match value {
+            // X-Forwarded-For lists hops; the rightmost is the one our proxy saw.
+            Some(v) => v.rsplit(',').next().unwrap_or(&v).trim().to_string(),
+            None => peer,
+        }
+    }
+}
+
+/// The request body, read at most once, through the byte budgets.
+struct Body<'r> {
+    request: &'r mut Request,
+    received: &'r Cell<u64>,
+    limits: BodyLimits,
+}
+
+impl Body<'_> {
+    fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
+        let counted = Counted {
+            inner: self.request.as_reader(),
+            count: self.received,
+        };
+        framing::zstd_body(counted, self.limits)
+            .map_err(|e| FramingError::from_body_error(e).into())
+    }
+
+    /// Parses the body as JSON.
+    fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
+        let reader = self.decoded()?;
+        serde_json::from_reader(reader).map_err(|e| {
+            if e.is_io() {
+                FramingError::from_body_error(io::Error::from(e)).into()
+            } else {
+                SyncError::BadRequest(format!("request json: {e}")).into()
+            }
+        })
+    }
+
+    /// Reads and ignores the body (methods whose body carries nothing).
+    fn discard(&mut self) -> Result<(), HandlerError> {
+        io::copy(&mut self.decoded()?, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| FramingError::from_body_error(e).into())
+    }
+}
+
+/// Counts bytes read from the socket, for the log line.
+struct Counted<'a, R> {
+    inner: R,
+    count: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads what is left of a body we are refusing (up to `max` bytes), so the
+/// client gets our answer rather than a reset connection.
+fn drain(request: &mut Request, max: u64, received: &Cell<u64>) {
+    let mut counted = Counted {
+        inner: request.as_reader().take(max),
+        count: received,
+    };
+    let _ = io::copy(&mut counted, &mut io::sink());
+}
+
+/// Encodes a successful reply: zstd with `anki-original-size` for v11
+/// clients, plain for older ones. Returns status and payload size.
+fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
+    let zstd = version >= SYNC_VERSION_ZSTD;
+    let result = match reply {
+        Reply::Empty => {
+            request.respond(Response::empty(200).with_header(header("Content-Length", "0")))
+        }
+        Reply::Bytes(bytes) => {
+            let len = bytes.len() as u64;
+            let result = if zstd {
+                match framing::compress(&bytes) {
+                    Ok(compressed) => {
+                        let size = compressed.len();
+                        request.respond(Response::new(
+                            StatusCode(200),
+                            vec![header("anki-original-size", &len.to_string())],
+                            Cursor::new(compressed),
+                            Some(size),
+                            None,
+                        ))
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                let size = bytes.len();
+                request.respond(Response::new(
+                    StatusCode(200),
+                    vec![header("Content-Type", "application/octet-stream")],
+                    Cursor::new(bytes),
+                    Some(size),
+                    None,
+                ))
+            };
+            return (200, if result.is_ok() { len } else { 0 });
+        }
+        Reply::File { file, len, _lock } => {
+            let source = BufReader::with_capacity(64 * 1024, file);
+            let result = if zstd {
+                match framing::compress_stream(source) {
+                    Ok(stream) => request.respond(Response::new(
+                        StatusCode(200),
+                        vec![header("anki-original-size", &len.to_string())],
+                        stream,
+                        None,
+                        None,
+                    )),
+                    Err(e) => Err(e),
+                }
+            } else {
+                request.respond(Response::new(
+                    StatusCode(200),
+                    vec![header("Content-Type", "application/octet-stream")],
+                    source,
+                    usize::try_from(len).ok(),
+                    None,
+                ))
+            };
+            if let Err(e) = &result {
+                warn!("sending a collection failed: {e}");
+            }
+            return (200, len);
+        }
+    };
+    if let Err(e) = result {
+        debug!("sending a response failed: {e}");
+    }
+    (200, 0)
+}
+
+/// Builds a header from our own constant names and ASCII values.
+fn header(name: &'static str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names and values built here are plain ASCII")
+}

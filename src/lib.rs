@@ -1,0 +1,14 @@
+//! anki-sync-lite: a small self-hosted Anki sync server.
+//!
+//! Data flows one way: bytes in (`http`) → authenticated user (`auth`) →
+//! that user's slot and lock (`user`) → protocol handlers (`collection`) →
+//! SQLite (`storage`) → encoded response (`http`).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod collection;
+pub mod config;
+pub mod http;
+pub mod storage;
+pub mod user;

@@ -1,0 +1,104 @@
+//! The `anki-sync-lite` binary: reads settings, starts the server, and turns
+//! every start-up problem into one clear message and exit status 1.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anki_sync_lite::auth::Users;
+use anki_sync_lite::cli::{self, Command};
+use anki_sync_lite::config::Config;
+use anki_sync_lite::http::{self, Service};
+use anki_sync_lite::user::UserStore;
+
+fn main() -> ExitCode {
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    let command = match cli::parse(std::env::args().skip(1), &mut env) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("anki-sync-lite {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck => match Config::from_env(&env, false) {
+            Ok(config) if healthcheck(&config) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Serve => match serve(&env) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("anki-sync-lite: {message}");
+    ExitCode::FAILURE
+}
+
+fn serve(env: &HashMap<String, String>) -> Result<(), String> {
+    let config = Config::from_env(env, true).map_err(|e| e.to_string())?;
+    simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .init()
+        .map_err(|e| format!("starting the logger: {e}"))?;
+    let users = Users::new(&config.users, config.passwords_hashed).map_err(|e| e.to_string())?;
+    let store = UserStore::new(&config.base, users.names())
+        .map_err(|e| format!("preparing the data folder {}: {e}", config.base.display()))?;
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("installing the signal handler: {e}"))?;
+
+    log::info!(
+        "anki-sync-lite {} serving {} user(s) from {}",
+        env!("CARGO_PKG_VERSION"),
+        config.users.len(),
+        config.base.display()
+    );
+    let service = Service {
+        config,
+        users,
+        store,
+    };
+    http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
+}
+
+/// Asks the configured address for `/health`; true on a 200.
+fn healthcheck(config: &Config) -> bool {
+    let host = match config.host {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(host, config.port);
+    let timeout = Duration::from_secs(5);
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = format!(
+        "GET {}health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+        config.base_path
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}

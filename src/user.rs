@@ -1,0 +1,192 @@
+//! Per-user state and locking. Each user has a folder under `SYNC_BASE`
+//! (the official server's layout), one lock and at most one open SQLite
+//! connection. Users never wait on each other; one user's requests run one
+//! at a time. Connections are opened on demand and closed when idle, so an
+//! idle server holds no database memory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use rusqlite::Connection;
+
+use crate::storage;
+
+/// File name of a user's collection, as the official server names it.
+pub const COLLECTION_FILE: &str = "collection.anki2";
+/// Temporary files we create end in this, so start-up can clean leftovers.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Everything guarded by a user's lock.
+pub struct UserState {
+    dir: PathBuf,
+    col: Option<Connection>,
+    last_used: Instant,
+}
+
+pub type UserGuard<'a> = MutexGuard<'a, UserState>;
+
+impl UserState {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn collection_path(&self) -> PathBuf {
+        self.dir.join(COLLECTION_FILE)
+    }
+
+    /// The user's collection, opened (and created, for a first-time user)
+    /// on first use.
+    pub fn collection(&mut self) -> rusqlite::Result<&mut Connection> {
+        self.last_used = Instant::now();
+        if self.col.is_none() {
+            let path = self.collection_path();
+            if !path.exists() {
+                info!("creating a new collection at {}", path.display());
+                storage::create_collection(&path, now_millis())?;
+            }
+            self.col = Some(storage::open(&path)?);
+        }
+        match self.col.as_mut() {
+            Some(col) => Ok(col),
+            None => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+
+    /// Closes the connection (SQLite checkpoints and removes the WAL when the
+    /// last connection closes).
+    pub fn close_collection(&mut self) {
+        if let Some(col) = self.col.take() {
+            if let Err((_, e)) = col.close() {
+                warn!("closing collection in {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.col.is_some()
+    }
+}
+
+pub struct UserSlot {
+    pub name: String,
+    state: Mutex<UserState>,
+}
+
+impl UserSlot {
+    /// Takes this user's lock. If an earlier request panicked while holding
+    /// it, the connection is dropped (rolling back whatever it was doing)
+    /// rather than trusted.
+    pub fn lock(&self) -> UserGuard<'_> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                warn!("user {}: recovering after a failed request", self.name);
+                let mut guard = poisoned.into_inner();
+                guard.col = None;
+                self.state.clear_poison();
+                guard
+            }
+        }
+    }
+}
+
+/// All users' slots; built once at start-up.
+pub struct UserStore {
+    slots: HashMap<String, UserSlot>,
+}
+
+impl UserStore {
+    /// Creates each user's folder (and `media/`) like the official server
+    /// does at start-up, and removes temporary files a crash left behind.
+    pub fn new<'a>(base: &Path, names: impl Iterator<Item = &'a str>) -> io::Result<UserStore> {
+        let mut slots = HashMap::new();
+        for name in names {
+            let dir = base.join(name);
+            fs::create_dir_all(dir.join("media"))?;
+            remove_leftover_temp_files(&dir);
+            slots.insert(
+                name.to_string(),
+                UserSlot {
+                    name: name.to_string(),
+                    state: Mutex::new(UserState {
+                        dir,
+                        col: None,
+                        last_used: Instant::now(),
+                    }),
+                },
+            );
+        }
+        Ok(UserStore { slots })
+    }
+
+    pub fn slot(&self, name: &str) -> Option<&UserSlot> {
+        self.slots.get(name)
+    }
+
+    /// Closes collections unused for `idle`. Skips users that are busy.
+    pub fn close_idle(&self, idle: Duration) {
+        for slot in self.slots.values() {
+            if let Ok(mut state) = slot.state.try_lock() {
+                if state.is_open() && state.last_used.elapsed() >= idle {
+                    state.close_collection();
+                }
+            }
+        }
+    }
+
+    /// Closes every collection (at shutdown).
+    pub fn close_all(&self) {
+        for slot in self.slots.values() {
+            slot.lock().close_collection();
+        }
+    }
+}
+
+fn remove_leftover_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
+                Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_creates_folders_and_removes_leftovers() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("alice");
+        fs::create_dir_all(&dir).unwrap();
+        let leftover = dir.join("collection.anki2.upload-1-2.tmp");
+        fs::write(&leftover, b"partial").unwrap();
+        fs::write(dir.join("keep.txt"), b"x").unwrap();
+        let store = UserStore::new(base.path(), ["alice", "bob"].into_iter()).unwrap();
+        assert!(!leftover.exists());
+        assert!(dir.join("keep.txt").exists());
+        assert!(base.path().join("bob/media").is_dir());
+        assert!(store.slot("alice").is_some());
+        assert!(store.slot("carol").is_none());
+    }
+}
