@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Creates the Python virtualenvs holding the real Anki clients that the
+# integration tests drive (tests/client/anki_client.py). Idempotent: a venv is
+# only (re)built when its marker file is missing or names other pip specs, so a
+# second run is a fast no-op. Safe to run concurrently (several test binaries
+# start at once): the work happens under an exclusive flock.
+#
+# Usage: tests/setup-venv.sh [NAME|all]   (default NAME: anki26)
+# Prints the absolute path of NAME's python on stdout (nothing for "all");
+# messages go to stderr.
+# Venvs live in ${CARGO_TARGET_DIR:-<repo>/target}/venv/<NAME>.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in
+    /*) ;;
+    *) target="$repo/$target" ;;
+esac
+venv_root="$target/venv"
+python="${PYTHON:-python3}"
+
+die() {
+    echo "setup-venv: error: $*" >&2
+    exit 1
+}
+
+# make_venv NAME PIP_SPECS...: build venv NAME with PIP_SPECS unless its marker
+# already records exactly these specs.
+make_venv() {
+    local name="$1"
+    shift
+    local dir="$venv_root/$name"
+    local marker="$dir/.anki-sync-lite-ready"
+    local want="$*"
+    if [[ -f "$marker" && "$(cat "$marker")" == "$want" && -x "$dir/bin/python" ]]; then
+        return 0
+    fi
+    echo "setup-venv: creating $dir with: $want" >&2
+    rm -rf "$dir"
+    "$python" -m venv "$dir" >&2 || die "'$python -m venv $dir' failed (is python3-venv installed?)"
+    "$dir/bin/python" -m pip install --quiet "$@" >&2 ||
+        die "pip install $want into $dir failed (network or PyPI unavailable?)"
+    "$dir/bin/python" -c 'import anki.collection' >&2 ||
+        die "the anki library in $dir does not import"
+    printf '%s' "$want" >"$marker"
+    echo "setup-venv: $name ready" >&2
+}
+
+# venv NAME PIP_SPECS...: register a venv; only the requested one is built.
+venv() {
+    registered+=("$1")
+    if [[ "$1" == "$wanted" || "$wanted" == all ]]; then
+        make_venv "$@"
+    fi
+}
+
+# One registered venv per line; add e.g. the legacy client here.
+setup_all() {
+    venv anki26 'anki==26.9.3'
+}
+
+wanted="${1:-anki26}"
+registered=()
+mkdir -p "$venv_root" || die "cannot create $venv_root"
+command -v "$python" >/dev/null || die "$python not found"
+{
+    flock -x 9 || die "cannot lock $venv_root/.lock"
+    setup_all
+} 9>"$venv_root/.lock"
+
+[[ "$wanted" == all ]] && exit 0
+[[ " ${registered[*]} " == *" $wanted "* ]] || die "unknown venv '$wanted' (known: ${registered[*]})"
+echo "$venv_root/$wanted/bin/python"
