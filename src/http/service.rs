@@ -102,6 +102,10 @@ impl Service {
         let mut version = SYNC_VERSION_ZSTD;
         match self.process(&mut request, received, fields, &mut version) {
             Ok(reply) => {
+                // The decoder stops at the end of the zstd frame; whatever
+                // follows (at least the chunked terminator) must be read, or
+                // the next request on this connection would start mid-body.
+                drain(&mut request, self.config.max_body_bytes(), received);
                 let (status, sent) = send_reply(request, reply, version);
                 (status, sent, None)
             }
