@@ -18,7 +18,7 @@ case "$target" in
     *) target="$repo/$target" ;;
 esac
 venv_root="$target/venv"
-python="${PYTHON:-python3}"
+python=python3
 
 die() {
     echo "setup-venv: error: $*" >&2
