@@ -163,7 +163,10 @@ impl Service {
         fields.client = Some(header.client.clone());
         let limits = BodyLimits {
             compressed: self.config.max_body_bytes(),
-            decompressed: self.config.max_payload_bytes(),
+            decompressed: match route {
+                Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
+                _ => self.config.max_payload_bytes(),
+            },
         };
         let mut body = Body {
             request,
@@ -282,6 +285,20 @@ impl Service {
             None => peer,
         }
     }
+}
+
+/// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
+/// bomb aimed at them cannot grow a huge JSON string in memory.
+const SMALL_JSON_LIMIT: u64 = 1024 * 1024;
+
+fn carries_small_json(method: SyncMethod) -> bool {
+    !matches!(
+        method,
+        SyncMethod::Upload
+            | SyncMethod::ApplyGraves
+            | SyncMethod::ApplyChanges
+            | SyncMethod::ApplyChunk
+    )
 }
 
 /// The request body, read at most once, through the byte budgets.

@@ -219,6 +219,11 @@ impl Server {
         self.kind
     }
 
+    /// Process id, for reading the server's memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -1,0 +1,380 @@
+//! Raw-socket tests of the HTTP surface: routing, framing, limits, auth and
+//! refused uploads, asserting on the exact statuses and bodies a client sees.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::Server;
+
+const HKEY: &str = "b2619aa1529dfdc4248e6edbf3c1b2a2b014cf6d"; // sha1("user:pass")
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The payload of a successful v11 answer.
+    fn payload(&self) -> Vec<u8> {
+        assert_eq!(
+            self.status,
+            200,
+            "body: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let out = zstd::decode_all(&self.body[..]).expect("zstd response");
+        let size: usize = self.header("anki-original-size").unwrap().parse().unwrap();
+        assert_eq!(out.len(), size, "anki-original-size must be exact");
+        out
+    }
+}
+
+/// One connection that can carry several requests (keep-alive).
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(server: &Server) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends a request with a chunked body, as Anki clients do.
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        for chunk in body.chunks(64 * 1024) {
+            // A server may answer and stop reading early; ignore write errors.
+            let _ = write!(stream, "{:x}\r\n", chunk.len());
+            let _ = stream.write_all(chunk);
+            let _ = stream.write_all(b"\r\n");
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Reply {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .expect("status line")
+            .parse()
+            .unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':').unwrap();
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _): &&(String, String)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if find("Transfer-Encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line).unwrap();
+                let size = usize::from_str_radix(line.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = find("Content-Length") {
+            body.resize(len.parse().unwrap(), 0);
+            self.reader.read_exact(&mut body).unwrap();
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn sync_header(hkey: &str) -> String {
+    format!(r#"{{"v":11,"k":"{hkey}","c":"test,1,linux","s":"abc"}}"#)
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+/// A v11 request with a JSON (or other) payload.
+fn call(conn: &mut Conn, method: &str, hkey: &str, payload: &[u8]) -> Reply {
+    let header = sync_header(hkey);
+    conn.send(
+        "POST",
+        &format!("/sync/{method}"),
+        &[("anki-sync", &header)],
+        &zstd(payload),
+    )
+}
+
+fn server() -> Server {
+    Server::start_ours(&[("user", "pass")], &[])
+}
+
+fn peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn health_routes_and_methods() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    let r = c.send("GET", "/health", &[], b"");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    let r = c.send("GET", "//health", &[], b"");
+    assert_eq!(r.status, 200);
+    let r = c.send("GET", "/", &[], b"");
+    assert_eq!(r.status, 404);
+    let r = c.send("GET", "/sync/meta", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("POST"));
+    let r = c.send("POST", "/sync/nosuch", &[], b"");
+    assert_eq!(r.status, 400);
+    let r = c.send("POST", "/sync/Meta", &[], b"");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn login_and_meta_over_one_connection() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    let r = call(&mut c, "hostKey", "", br#"{"u":"user","p":"pass"}"#);
+    assert_eq!(r.payload(), format!(r#"{{"key":"{HKEY}"}}"#).as_bytes());
+    for (u, p) in [("user", "wrong"), ("nobody", "pass")] {
+        let r = call(
+            &mut c,
+            "hostKey",
+            "",
+            format!(r#"{{"u":"{u}","p":"{p}"}}"#).as_bytes(),
+        );
+        assert_eq!((r.status, r.body.as_slice()), (403, &b"403"[..]));
+        assert_eq!(r.header("anki-original-size"), None);
+    }
+    // A brand-new user: mod 0, usn 0, empty, and a stable scm.
+    let first: serde_json::Value =
+        serde_json::from_slice(&call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload())
+            .unwrap();
+    assert_eq!(first["mod"], 0);
+    assert_eq!(first["usn"], 0);
+    assert_eq!(first["empty"], true);
+    assert_eq!(first["cont"], true);
+    assert_eq!(first["media_usn"], 0);
+    let second: serde_json::Value =
+        serde_json::from_slice(&call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload())
+            .unwrap();
+    assert_eq!(first["scm"], second["scm"]);
+    // Protocol version in the body out of range: 501 "client too old".
+    assert_eq!(
+        call(&mut c, "meta", HKEY, br#"{"v":7,"cv":"x"}"#).status,
+        501
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_statuses() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    // Unknown host key.
+    let r = call(&mut c, "meta", "0000", br#"{"v":11,"cv":"x"}"#);
+    assert_eq!((r.status, r.body.as_slice()), (403, &b"403"[..]));
+    // Garbage instead of zstd.
+    let header = sync_header(HKEY);
+    let r = c.send(
+        "POST",
+        "/sync/meta",
+        &[("anki-sync", &header)],
+        b"this is not zstd at all",
+    );
+    assert_eq!(r.status, 400);
+    // Malformed header JSON, a missing key, an unsupported version.
+    for h in [
+        "{not json".to_string(),
+        r#"{"v":11,"k":"","c":""}"#.to_string(),
+        format!(r#"{{"v":12,"k":"{HKEY}","c":"x","s":"y"}}"#),
+    ] {
+        let r = c.send("POST", "/sync/meta", &[("anki-sync", &h)], &zstd(b"{}"));
+        assert_eq!(r.status, 400, "{h}");
+    }
+    // Valid zstd, invalid JSON.
+    assert_eq!(call(&mut c, "meta", HKEY, b"{\"v\":").status, 400);
+    // The connection still works after all of that.
+    assert_eq!(
+        call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).status,
+        200
+    );
+}
+
+#[test]
+fn decompression_bombs_are_refused_with_flat_memory() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
+    let before = peak_rss_kib(&s);
+    // 1 GiB of zeros, about 40 KB compressed.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 1 << 20);
+    let header = sync_header(HKEY);
+    // Aimed at a JSON method.
+    let r = c.send("POST", "/sync/meta", &[("anki-sync", &header)], &bomb);
+    assert_eq!(r.status, 400);
+    // A JSON string that would grow without bound.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.write_all(br#"{"u":""#).unwrap();
+    let letters = vec![b'a'; 1 << 20];
+    for _ in 0..512 {
+        enc.write_all(&letters).unwrap();
+    }
+    let string_bomb = enc.finish().unwrap();
+    let mut c2 = Conn::open(&s);
+    let r = c2.send(
+        "POST",
+        "/sync/hostKey",
+        &[("anki-sync", &sync_header(""))],
+        &string_bomb,
+    );
+    assert_eq!(r.status, 400);
+    // Aimed at upload: refused with the text clients show.
+    let mut c3 = Conn::open(&s);
+    let r = c3.send("POST", "/sync/upload", &[("anki-sync", &header)], &bomb);
+    assert_eq!(r.payload(), b"collection exceeds size limit");
+    let after = peak_rss_kib(&s);
+    assert!(
+        after < before + 16 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    // Nothing was installed and the server still answers.
+    let mut c4 = Conn::open(&s);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&call(&mut c4, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload())
+            .unwrap();
+    assert_eq!(meta["empty"], true);
+    let leftovers: Vec<_> = std::fs::read_dir(s.base_dir().join("user"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn corrupt_uploads_leave_the_old_collection_intact() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
+    // Take the server's fresh collection, mark it, and upload it back.
+    let original = call(&mut c, "download", HKEY, br#"{"_pad":null}"#).payload();
+    assert!(original.starts_with(b"SQLite format 3\0"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("marked.anki2");
+    std::fs::write(&path, &original).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("update col set crt = 12345", []).unwrap();
+        conn.execute_batch("pragma journal_mode = delete").unwrap();
+    }
+    let marked = std::fs::read(&path).unwrap();
+    assert_eq!(call(&mut c, "upload", HKEY, &marked).payload(), b"OK");
+
+    let corrupt = b"Your upload was corrupt. Please use Check Database, or restore from backup.";
+    assert_eq!(
+        call(&mut c, "upload", HKEY, &[7u8; 10_000]).payload(),
+        corrupt
+    );
+    assert_eq!(
+        call(&mut c, "upload", HKEY, &marked[..marked.len() / 2]).payload(),
+        corrupt
+    );
+    let mut header_only = marked.clone();
+    header_only[100..].fill(0);
+    assert_eq!(
+        call(&mut c, "upload", HKEY, &header_only).payload(),
+        corrupt
+    );
+    assert_eq!(call(&mut c, "upload", HKEY, b"").payload(), corrupt);
+
+    // The marked collection is still what the server serves.
+    let served = call(&mut c, "download", HKEY, br#"{"_pad":null}"#).payload();
+    std::fs::write(&path, &served).unwrap();
+    let conn = anki_sync_lite::storage::open(&path).unwrap();
+    let crt: i64 = conn
+        .query_row("select crt from col", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(crt, 12345);
+    let integrity: String = conn
+        .query_row("pragma quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused() {
+    let s = Server::start_ours(&[("user", "pass")], &[("MAX_SYNC_PAYLOAD_MEGS", "1")]);
+    let mut c = Conn::open(&s);
+    // Incompressible data over the 1 MiB compressed budget.
+    let mut noise = vec![0u8; 2 << 20];
+    let mut x: u32 = 1;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let r = call(&mut c, "upload", HKEY, &noise);
+    assert_eq!(r.payload(), b"collection exceeds size limit");
+    let mut c2 = Conn::open(&s);
+    assert_eq!(
+        call(&mut c2, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).status,
+        200
+    );
+}
