@@ -9,6 +9,8 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
@@ -217,6 +219,21 @@ impl Server {
 
     pub fn kind(&self) -> ServerKind {
         self.kind
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the server to exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
     }
 
     /// Process id, for reading the server's memory use from `/proc`.
