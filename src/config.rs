@@ -79,6 +79,9 @@ pub struct Config {
     pub workers: usize,
     /// Seconds an unused collection stays open before it is closed.
     pub idle_close_secs: u64,
+    /// Seconds a response may make no progress (the client stopped reading)
+    /// before the connection is dropped.
+    pub timeout_secs: u64,
     pub log_level: log::LevelFilter,
 }
 
@@ -142,6 +145,10 @@ impl Config {
             return Err(err("SYNC_WORKERS must be between 1 and 256"));
         }
         let idle_close_secs = parse_num(env, "SYNC_IDLE_CLOSE_SECS", 300u64)?;
+        let timeout_secs = parse_num(env, "SYNC_TIMEOUT_SECS", 120u64)?;
+        if timeout_secs == 0 {
+            return Err(err("SYNC_TIMEOUT_SECS must be at least 1"));
+        }
         let log_level = match env.get("RUST_LOG") {
             Some(v) => parse_level(v)?,
             None => log::LevelFilter::Info,
@@ -157,6 +164,7 @@ impl Config {
             base_path,
             workers,
             idle_close_secs,
+            timeout_secs,
             log_level,
         })
     }

@@ -138,3 +138,64 @@ fn one_users_transfer_does_not_delay_another() {
     );
     drop(slow);
 }
+
+#[test]
+fn a_client_that_stops_reading_releases_its_lock() {
+    use std::io::Read;
+    let s = Server::start_ours(&[("user", "pass")], &[("SYNC_TIMEOUT_SECS", "2")]);
+    let mut c = Conn::open(&s);
+    // Give "user" a collection far larger than the socket buffers.
+    let fresh = call(&mut c, "download", HKEY, br#"{"_pad":null}"#).payload();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.anki2");
+    std::fs::write(&path, &fresh).unwrap();
+    {
+        let conn = anki_sync_lite::storage::open(&path).unwrap();
+        conn.execute_batch("pragma journal_mode = delete; create table filler (b blob)")
+            .unwrap();
+        let mut x: u64 = 7;
+        for _ in 0..64 {
+            let noise: Vec<u8> = (0..(1 << 20))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            conn.execute("insert into filler values (?)", [noise])
+                .unwrap();
+        }
+    }
+    let big = std::fs::read(&path).unwrap();
+    assert_eq!(call(&mut c, "upload", HKEY, &big).payload(), b"OK");
+
+    // A download whose response is never read holds the user's lock...
+    let mut stuck = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+    let body = support::http::zstd(br#"{"_pad":null}"#);
+    let head = format!(
+        "POST /sync/download HTTP/1.1\r\nHost: t\r\nanki-sync: {}\r\nContent-Length: {}\r\n\r\n",
+        sync_header(HKEY),
+        body.len()
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
+    stuck.write_all(&body).unwrap();
+    let mut first = [0u8; 12];
+    stuck.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // ...only until the write timeout: then the same user syncs again.
+    let started = Instant::now();
+    let mut c2 = Conn::open(&s);
+    assert_eq!(
+        call(&mut c2, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).status,
+        200
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    assert!(
+        s.log().contains("sending a collection failed"),
+        "{}",
+        s.log()
+    );
+    drop(stuck);
+}

@@ -4,7 +4,8 @@
 //! loop dies (tiny_http ends it on any accept error, e.g. `ECONNABORTED`),
 //! closes idle collections, and drives a clean shutdown.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -26,6 +27,8 @@ pub fn run(
     listener: TcpListener,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
+    let timeout = Duration::from_secs(service.config.timeout_secs);
+    let listener = with_socket_timeouts(listener, timeout)?;
     let service = Arc::new(service);
     let addr: SocketAddr = listener.local_addr()?;
     let workers = service.config.workers;
@@ -85,6 +88,19 @@ pub fn run(
     drop(server);
     info!("stopped");
     Ok(())
+}
+
+/// Gives every connection a write timeout, so a client that stops reading
+/// (e.g. in the middle of a download, which holds that user's lock) cannot
+/// hold a worker forever. tiny_http has no setting for this, but on Linux
+/// accepted sockets inherit the option from the listening socket; the
+/// listener is viewed as a stream just to set it. (A read timeout cannot be
+/// set this way: on a listener it also makes `accept` time out.)
+fn with_socket_timeouts(listener: TcpListener, timeout: Duration) -> std::io::Result<TcpListener> {
+    let socket = TcpStream::from(OwnedFd::from(listener));
+    let set = socket.set_write_timeout(Some(timeout));
+    let listener = TcpListener::from(OwnedFd::from(socket));
+    set.map(|()| listener)
 }
 
 fn start_tiny_http(listener: &TcpListener) -> std::io::Result<tiny_http::Server> {
