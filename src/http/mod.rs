@@ -4,6 +4,7 @@
 pub mod error;
 pub mod framing;
 pub mod limit;
+mod media_service;
 pub mod route;
 pub mod server;
 mod service;

@@ -21,7 +21,7 @@ use crate::collection::SyncError;
 use crate::collection::full::{self, ReceiveError};
 use crate::collection::meta::{self, MetaContext, MetaRequest};
 use crate::config::Config;
-use crate::user::{UserGuard, UserStore, now_millis};
+use crate::user::{UserSlot, UserStore, now_millis};
 
 /// Everything a worker needs; shared read-only by all workers.
 pub struct Service {
@@ -31,18 +31,23 @@ pub struct Service {
 }
 
 /// A successful answer, before encoding.
-enum Reply<'s> {
+pub(super) enum Reply<'s> {
     /// `/health`: 200 with an empty body, never compressed.
     Empty,
     Bytes(Vec<u8>),
-    /// A file streamed from disk. The guard holds the user's lock until the
-    /// last byte is sent, so nothing writes to the file meanwhile.
+    /// A file streamed from disk. `_hold` (typically a user's lock guard)
+    /// lives until the last byte is sent, so nothing writes to the file
+    /// meanwhile.
     File {
         file: File,
         len: u64,
-        _lock: UserGuard<'s>,
+        _hold: Box<dyn Held + 's>,
     },
 }
+
+/// Anything kept alive while a reply is sent (lock guards, temp files).
+pub(super) trait Held {}
+impl<T> Held for T {}
 
 /// What the log line says about a request.
 #[derive(Default)]
@@ -174,10 +179,7 @@ impl Service {
             limits,
         };
 
-        let Route::Sync(method) = route else {
-            return Err(SyncError::Internal("media sync is not implemented yet".into()).into());
-        };
-        if method == SyncMethod::HostKey {
+        if route == Route::Sync(SyncMethod::HostKey) {
             let login: LoginRequest = body.json()?;
             fields.user = Some(login.u.clone());
             let account = self.users.login(&login.u, &login.p)?;
@@ -192,6 +194,22 @@ impl Service {
             .slot(&account.name)
             .ok_or_else(|| SyncError::Internal(format!("no folder for user {}", account.name)))?;
 
+        match route {
+            Route::Sync(method) => self.collection(method, &header, &mut body, slot),
+            Route::Media(method) => self.media(method, &header, &mut body, slot),
+            Route::Health => Ok(Reply::Empty),
+        }
+    }
+
+    /// `/sync/*` after login, under the user's collection lock.
+    fn collection<'s>(
+        &'s self,
+        method: SyncMethod,
+        header: &SyncHeader,
+        body: &mut Body<'_>,
+        slot: &'s UserSlot,
+    ) -> Result<Reply<'s>, HandlerError> {
+        let name = slot.name.as_str();
         match method {
             SyncMethod::Meta => {
                 let req: MetaRequest = body.json()?;
@@ -218,19 +236,19 @@ impl Service {
                     Err(ReceiveError::Body(e)) => {
                         return match FramingError::from_body_error(e) {
                             FramingError::TooLarge(limit) => {
-                                warn!("upload from {} refused: {limit}", account.name);
+                                warn!("upload from {name} refused: {limit}");
                                 Ok(Reply::Bytes(full::UPLOAD_TOO_LARGE.into()))
                             }
                             other => Err(other.into()),
                         };
                     }
                     Err(ReceiveError::Disk(e)) => {
-                        error!("upload from {} could not be stored: {e}", account.name);
+                        error!("upload from {name} could not be stored: {e}");
                         return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
                     }
                 };
                 if let Err(reason) = full::validate(&temp) {
-                    warn!("upload from {} rejected: {reason}", account.name);
+                    warn!("upload from {name} rejected: {reason}");
                     return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
                 }
                 let mut state = slot.lock();
@@ -251,7 +269,7 @@ impl Service {
                 Ok(Reply::File {
                     file,
                     len,
-                    _lock: state,
+                    _hold: Box::new(state),
                 })
             }
             SyncMethod::Abort => {
@@ -302,14 +320,14 @@ fn carries_small_json(method: SyncMethod) -> bool {
 }
 
 /// The request body, read at most once, through the byte budgets.
-struct Body<'r> {
+pub(super) struct Body<'r> {
     request: &'r mut Request,
     received: &'r Cell<u64>,
     limits: BodyLimits,
 }
 
 impl Body<'_> {
-    fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
+    pub(super) fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
         let counted = Counted {
             inner: self.request.as_reader(),
             count: self.received,
@@ -319,7 +337,7 @@ impl Body<'_> {
     }
 
     /// Parses the body as JSON.
-    fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
+    pub(super) fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
         let reader = self.decoded()?;
         serde_json::from_reader(reader).map_err(|e| {
             if e.is_io() {
@@ -331,7 +349,7 @@ impl Body<'_> {
     }
 
     /// Reads and ignores the body (methods whose body carries nothing).
-    fn discard(&mut self) -> Result<(), HandlerError> {
+    pub(super) fn discard(&mut self) -> Result<(), HandlerError> {
         io::copy(&mut self.decoded()?, &mut io::sink())
             .map(|_| ())
             .map_err(|e| FramingError::from_body_error(e).into())
@@ -398,7 +416,7 @@ fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
             };
             return (200, if result.is_ok() { len } else { 0 });
         }
-        Reply::File { file, len, _lock } => {
+        Reply::File { file, len, _hold } => {
             let source = BufReader::with_capacity(64 * 1024, file);
             let result = if zstd {
                 match framing::compress_stream(source) {
