@@ -1,0 +1,634 @@
+#!/usr/bin/env python3
+"""Benchmarks anki-sync-lite against the official sync server in one run.
+
+Both servers get the same workloads, each on a fresh instance with its own
+temporary SYNC_BASE on 127.0.0.1: idle memory, sequential logins, and full
+upload / full download of generated collections. The client is the real Anki
+library (imported here, so timings carry no process start-up), and every
+download is checked for the right note and card counts so a broken server
+cannot look fast. Prints a markdown table; exits 1 if any workload failed.
+
+Run it through bench/run, which prepares the venv and the release binary; see
+bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+try:
+    import anki.buildinfo
+    from anki.collection import Collection
+except ImportError:
+    sys.exit("bench.py needs the anki library: run it through bench/run")
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+if not TARGET.is_absolute():
+    TARGET = REPO / TARGET
+CACHE = TARGET / "bench-cache"
+DRIVER = REPO / "tests/client/anki_client.py"
+
+USER, PASSWORD = "bench", "bench-pass"
+KINDS = ("ours", "official")
+SIZES = (5_000, 50_000)
+LOGINS = 20
+IDLE_SETTLE_SECONDS = 2.0
+HEALTH_TIMEOUT = 20.0
+START_ATTEMPTS = 5
+# Generous caps so a hung server fails the workload instead of the whole run.
+LOGIN_TIMEOUT = 60.0
+FULL_SYNC_TIMEOUT = 180.0
+# The same limit for both servers; the official default (100) would be
+# enough today, but a cap must never be what decides a comparison.
+PAYLOAD_MEGS = "1024"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+class BenchError(Exception):
+    """A workload failed: a server misbehaved or a check did not hold."""
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants (the official server is one python
+    process today, but a future one may fork)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass  # exited meanwhile
+    return pids
+
+
+def status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"no {key} in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process tree, in seconds."""
+    total = 0
+    for p in process_tree(pid):
+        with open(f"/proc/{p}/stat") as f:
+            # Fields after "(comm)": state is [0], utime [11], stime [12].
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    return sum(status_kb(p, key) for p in process_tree(pid)) / 1024
+
+
+def reset_peak(pid: int) -> bool:
+    """Resets VmHWM to the current RSS (`echo 5 > clear_refs`, Linux >= 4.0);
+    returns whether the reset took effect."""
+    ok = True
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return False
+        # HWM may only exceed RSS by what was freed in the last instant.
+        ok = ok and status_kb(p, "VmHWM") - status_kb(p, "VmRSS") < 1024
+    return ok
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_status(port: int) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.settimeout(2)
+            s.sendall(
+                f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            head = s.recv(12).decode("latin-1")
+    except OSError:
+        return None
+    for prefix in ("HTTP/1.1 ", "HTTP/1.0 "):
+        if head.startswith(prefix):
+            try:
+                return int(head[len(prefix):])
+            except ValueError:
+                return None
+    return None
+
+
+class PortTaken(Exception):
+    pass
+
+
+class Server:
+    """One server process on a free loopback port with its own SYNC_BASE,
+    created under `workdir`; `stop()` kills it and removes its files."""
+
+    def __init__(self, kind: str, command: list[str], workdir: Path) -> None:
+        self.kind = kind
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
+        self.port = free_port()
+        base = self.dir / "base"
+        base.mkdir()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not (k.startswith("SYNC_") or k in ("MAX_SYNC_PAYLOAD_MEGS", "PASSWORDS_HASHED"))
+        }
+        env.update(
+            SYNC_USER1=f"{USER}:{PASSWORD}",
+            SYNC_HOST="127.0.0.1",
+            SYNC_PORT=str(self.port),
+            SYNC_BASE=str(base),
+            MAX_SYNC_PAYLOAD_MEGS=PAYLOAD_MEGS,
+        )
+        self.log_path = self.dir / "server.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        self.killed_by_watchdog = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while True:
+            healthy = health_status(self.port) == 200
+            # Checked after the probe: a 200 from whoever took our port while
+            # our server failed to bind must not count.
+            if self.proc.poll() is not None:
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", self.port))
+                    except OSError:
+                        raise PortTaken(self.log_tail())
+                raise BenchError(
+                    f"{self.kind} server exited ({self.proc.returncode}) before /health:\n"
+                    + self.log_tail()
+                )
+            if healthy:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.kind} server: no 200 from /health:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        if self.killed_by_watchdog:
+            raise BenchError(f"{self.kind} server killed: phase exceeded its time limit")
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.kind} server died ({self.proc.returncode}):\n{self.log_tail()}"
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the server and any children
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def stop(self) -> None:
+        try:
+            self.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Bench:
+    commands: dict[str, list[str]]
+    workdir: Path
+    repeats: int
+    servers: list[Server] = field(default_factory=list)
+
+    def start(self, kind: str) -> Server:
+        for _ in range(START_ATTEMPTS):
+            server = Server(kind, self.commands[kind], self.workdir)
+            self.servers.append(server)
+            try:
+                server.wait_healthy()
+                return server
+            except PortTaken:
+                server.stop()
+        raise BenchError(f"{kind} server lost the race for a free port {START_ATTEMPTS} times")
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
+
+
+class Watchdog:
+    """Kills `server` if the block outlives `seconds`: the client's call then
+    fails on its connection, which bounds every phase's run time."""
+
+    def __init__(self, server: Server, seconds: float) -> None:
+        self.server = server
+        self.timer = threading.Timer(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.server.killed_by_watchdog = True
+        self.server.kill()
+
+    def __enter__(self) -> "Watchdog":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+
+
+# ---------------------------------------------------------------- client
+
+
+def opened(path: Path) -> Collection:
+    return Collection(str(path))
+
+
+def login(col: Collection, server: Server):
+    return guarded(
+        server, LOGIN_TIMEOUT, lambda: col.sync_login(USER, PASSWORD, server.endpoint)
+    )
+
+
+@dataclass
+class Phase:
+    """What one timed client call cost the server."""
+
+    wall: float
+    cpu: float
+    peak_mb: float | None  # None when VmHWM could not be reset
+
+
+def guarded(server: Server, timeout: float, call: Callable[[], T]) -> T:
+    """Runs the client `call` with `server` killed after `timeout`; a failure
+    says whether the server died, hung or answered wrongly."""
+    with Watchdog(server, timeout):
+        try:
+            result = call()
+        except Exception as err:
+            server.check_alive()
+            raise BenchError(f"client call failed: {type(err).__name__}: {err}") from err
+    server.check_alive()
+    return result
+
+
+def measured(server: Server, timeout: float, call: Callable[[], None]) -> Phase:
+    peak_ok = reset_peak(server.pid)
+    cpu0 = cpu_seconds(server.pid)
+    started = time.perf_counter()
+    guarded(server, timeout, call)
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(server.pid) - cpu0
+    peak = rss_mb(server.pid, "VmHWM") if peak_ok else None
+    return Phase(wall, cpu, peak)
+
+
+def full_sync(server: Server, col: Collection, upload: bool) -> Phase:
+    auth = login(col, server)
+    # As the desktop app does (and tests/client/anki_client.py): the backend
+    # closes and reopens the collection itself; Python drops its handle first.
+    col.close_for_full_sync()
+    return measured(
+        server,
+        FULL_SYNC_TIMEOUT,
+        lambda: col.full_upload_or_download(auth=auth, server_usn=None, upload=upload),
+    )
+
+
+def summary(phases: list[Phase]) -> Phase:
+    """Median wall and CPU time over repeats; the highest peak."""
+    peaks = [p.peak_mb for p in phases]
+    return Phase(
+        statistics.median(p.wall for p in phases),
+        statistics.median(p.cpu for p in phases),
+        None if None in peaks else max(peaks),
+    )
+
+
+# ---------------------------------------------------------------- workloads
+
+# Each workload returns rows (label, metric, value, unit) for one server.
+Row = tuple[str, str, float | None, str]
+
+
+def idle_rss(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+    server = bench.start(kind)
+    col = opened(tmp / "idle.anki2")
+    try:
+        login(col, server)
+    finally:
+        col.close()
+    time.sleep(IDLE_SETTLE_SECONDS)
+    server.check_alive()
+    return [("idle (after 1 login)", "RSS MB", rss_mb(server.pid), "mb")]
+
+
+def logins(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+    phases = []
+    for attempt in range(bench.repeats):
+        server = bench.start(kind)
+        col = opened(tmp / f"login-{attempt}.anki2")
+        try:
+            def call() -> None:
+                for _ in range(LOGINS):
+                    if not col.sync_login(USER, PASSWORD, server.endpoint).hkey:
+                        raise BenchError("login returned no host key")
+
+            phases.append(measured(server, LOGIN_TIMEOUT, call))
+        finally:
+            col.close()
+            bench.stop_all()
+    phase = summary(phases)
+    label = f"{LOGINS} sequential logins"
+    return [
+        (label, "wall s", phase.wall, "s"),
+        (label, "ms per login", phase.wall / LOGINS * 1000, "ms"),
+        (label, "server CPU s", phase.cpu, "s"),
+    ]
+
+
+@dataclass
+class Prepared:
+    notes: int
+    path: Path
+    counts: dict[str, int]
+
+    @property
+    def label(self) -> str:
+        mb = self.path.stat().st_size / 2**20
+        return f"{self.notes // 1000}k notes ({mb:.0f} MB)"
+
+
+def prepare(python: str, notes: int) -> Prepared:
+    """The collection with `notes` notes, made once by the test driver and
+    kept in target/bench-cache/ (keyed by note count)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"notes-{notes}.anki2"
+    meta = CACHE / f"notes-{notes}.json"
+    if path.exists() and meta.exists():
+        return Prepared(notes, path, json.loads(meta.read_text()))
+    print(f"bench: making a {notes}-note collection (cached in {CACHE})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        made = Path(tmp) / "col.anki2"
+        out = subprocess.run(
+            [python, str(DRIVER), "make", "--path", str(made), "--notes", str(notes)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        if out.returncode != 0:
+            raise BenchError(f"anki_client.py make failed:\n{out.stderr}")
+        counts = json.loads(out.stdout)
+        if counts.get("notes") != notes:
+            raise BenchError(f"make produced {counts.get('notes')} notes, wanted {notes}")
+        os.replace(made, path)
+    meta.write_text(json.dumps(counts, sort_keys=True))
+    return Prepared(notes, path, counts)
+
+
+def round_trip(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
+    def once(bench: Bench, kind: str, tmp: Path) -> tuple[Phase, Phase]:
+        server = bench.start(kind)
+        # The upload marks the local collection as synced: work on a copy.
+        source = tmp / "upload.anki2"
+        shutil.copyfile(prepared.path, source)
+        col = opened(source)
+        try:
+            up = full_sync(server, col, upload=True)
+        finally:
+            col.close()
+
+        col = opened(tmp / "download.anki2")  # a fresh, empty client
+        try:
+            down = full_sync(server, col, upload=False)
+            col.reopen(after_full_sync=True)
+            got = {"notes": col.note_count(), "cards": col.card_count(),
+                   "revlog": col.db.scalar("select count() from revlog")}
+        finally:
+            col.close()
+        want = {key: prepared.counts[key] for key in got}
+        if got != want:
+            raise BenchError(f"downloaded collection has {got}, uploaded one {want}")
+        return up, down
+
+    def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+        ups, downs = [], []
+        for attempt in range(bench.repeats):
+            attempt_dir = tmp / str(attempt)
+            attempt_dir.mkdir()
+            try:
+                up, down = once(bench, kind, attempt_dir)
+            finally:
+                bench.stop_all()
+            ups.append(up)
+            downs.append(down)
+        rows: list[Row] = []
+        for name, phase in (("full upload", summary(ups)), ("full download", summary(downs))):
+            label = f"{name} {prepared.label}"
+            rows += [
+                (label, "wall s", phase.wall, "s"),
+                (label, "server CPU s", phase.cpu, "s"),
+                (label, "server peak RSS MB", phase.peak_mb, "mb"),
+            ]
+        return rows
+
+    return run
+
+
+# ---------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_revision() -> str:
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True, text=True,
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "mb":
+        return f"{value:.1f}"
+    if unit == "ms":
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(results: dict[str, dict[str, list[Row]]], failed: set[tuple[str, str]]) -> str:
+    """One line per (workload, metric); `results[workload][kind]` holds the
+    rows a server produced, `failed` the (workload, kind) pairs that failed."""
+    lines = [
+        "| workload | metric | ours | official | ours/official |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, by_kind in results.items():
+        keys: dict[tuple[str, str], str] = {}
+        values: dict[tuple[str, str, str], float | None] = {}
+        for kind, rows in by_kind.items():
+            for label, metric, value, unit in rows:
+                keys[label, metric] = unit
+                values[label, metric, kind] = value
+        if not keys:
+            keys[name, "—"] = ""
+        for (label, metric), unit in keys.items():
+            cells = []
+            for kind in KINDS:
+                if (name, kind) in failed:
+                    cells.append("FAILED")
+                elif (label, metric, kind) in values:
+                    cells.append(fmt(values[label, metric, kind], unit))
+                else:
+                    cells.append("—")
+            ours = values.get((label, metric, "ours"))
+            official = values.get((label, metric, "official"))
+            ratio = f"{ours / official:.2f}" if ours is not None and official else "—"
+            lines.append(f"| {label} | {metric} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5k-note collection only")
+    parser.add_argument("--only", choices=KINDS, help="run one server only")
+    parser.add_argument(
+        "--binary", default=str(TARGET / "release/anki-sync-lite"), help="our server binary"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, metavar="N",
+        help="runs of the login and full sync workloads (fresh server each); "
+        "times are medians, peaks the highest (default 3)",
+    )
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    kinds = [args.only] if args.only else list(KINDS)
+    commands = {"ours": [args.binary], "official": [sys.executable, "-m", "anki.syncserver"]}
+    if "ours" in kinds and not os.access(args.binary, os.X_OK):
+        print(f"bench: {args.binary} missing: run cargo build --release", file=sys.stderr)
+        return 1
+    sizes = SIZES[:1] if args.quick else SIZES
+
+    started = time.monotonic()
+    workloads: list[tuple[str, Callable[[Bench, str, Path], list[Row]]]] = [
+        ("idle", idle_rss),
+        ("login", logins),
+    ]
+    errors: list[str] = []
+    for notes in sizes:
+        try:
+            prepared = prepare(sys.executable, notes)
+            workloads.append((f"full sync {prepared.label}", round_trip(prepared)))
+        except Exception as err:
+            errors.append(f"preparing {notes} notes: {err}")
+
+    results: dict[str, dict[str, list[Row]]] = {}
+    failed: set[tuple[str, str]] = set()
+    workdir = Path(tempfile.mkdtemp(prefix="anki-sync-bench-"))
+    bench = Bench(commands, workdir, args.repeat)
+    try:
+        for name, run in workloads:
+            results[name] = {}
+            for kind in kinds:
+                print(f"bench: {name} on {kind}", file=sys.stderr)
+                tmp = Path(tempfile.mkdtemp(prefix="client-", dir=workdir))
+                try:
+                    results[name][kind] = run(bench, kind, tmp)
+                except Exception as err:
+                    detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+                    errors.append(f"{name} on {kind}: {detail}")
+                    failed.add((name, kind))
+                finally:
+                    bench.stop_all()
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+    finally:
+        bench.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print("## anki-sync-lite vs official sync server\n")
+    print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"- CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"- ours: {args.binary} (git {git_revision()}); "
+          f"official: anki {anki.buildinfo.version} (`python -m anki.syncserver`)")
+    print(f"- login and full sync: median of {args.repeat} runs, each on a fresh server; "
+          f"peak RSS: highest VmHWM of those runs")
+    print(f"- server CPU: utime+stime from /proc/PID/stat, resolution {1 / CLK_TCK:.3f} s")
+    print(f"- runtime: {time.monotonic() - started:.0f} s\n")
+    print(table(results, failed))
+    if errors:
+        print("\nFailures:")
+        for error in errors:
+            print(f"- {error}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
