@@ -29,6 +29,17 @@ use tempfile::TempDir;
 pub const SERVER_SWITCH: &str = "ANKI_SYNC_TEST_SERVER";
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: usize = 5;
+/// Runs this program instead of the binary cargo built, e.g. a wrapper that
+/// execs an ARM build under qemu-user (`.ci/arm-check`).
+pub const BIN_OVERRIDE: &str = "ANKI_SYNC_LITE_BIN";
+
+/// The server binary `ServerKind::Ours` runs: `ANKI_SYNC_LITE_BIN` if set.
+pub fn our_binary() -> PathBuf {
+    match std::env::var_os(BIN_OVERRIDE) {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_anki-sync-lite")),
+    }
+}
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,7 +156,7 @@ impl Server {
         let log_dir = TempDir::new().expect("temp log dir");
         let log = File::create(log_dir.path().join("server.log")).expect("server log");
         let mut cmd = match kind {
-            ServerKind::Ours => Command::new(env!("CARGO_BIN_EXE_anki-sync-lite")),
+            ServerKind::Ours => Command::new(our_binary()),
             ServerKind::Official => {
                 let mut cmd = Command::new(ensure_venv());
                 cmd.args(["-m", "anki.syncserver"]);
