@@ -5,6 +5,7 @@
 mod create;
 pub mod proto;
 pub mod schema;
+pub mod schema11;
 mod stock;
 
 pub use create::create_collection;
