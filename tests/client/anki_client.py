@@ -18,6 +18,7 @@ Subcommands:
     dump --path P                        all content, for comparisons
     count --path P                       row counts of the main tables
     add-notes --path P --notes N [--seed S]  add plain notes to a collection
+    schema11-dump --path P               library schema-11 JSON + raw rows of notetypes/decks/presets
 """
 
 from __future__ import annotations
@@ -351,6 +352,161 @@ def cmd_count(args: argparse.Namespace) -> Any:
     return with_collection(args.path, table_counts)
 
 
+# ---------------------------------------------------------------- schema11-dump
+
+
+def _s11_hex(value: Any) -> str:
+    # DBProxy hands blobs over as lists of byte values.
+    return bytes(value).hex() if isinstance(value, list) else bytes(value or b"").hex()
+
+
+def _s11_notetypes(col: Collection) -> None:
+    mm = col.models
+    # Odd settings on every level, set through the schema-11 dict API.
+    nt = mm.new("Lite Odd")
+    for name in ("Front", "Back", "Notes"):
+        mm.add_field(nt, mm.new_field(name))
+    f = nt["flds"]
+    f[0].update(sticky=True, rtl=True, font="Liberation Serif", size=33,
+                description="the prompt", plainText=True, collapsed=True,
+                excludeFromSearch=True, media=[], liteFieldKey={"a": [1, 2]})
+    f[2].update(preventDeletion=True, size=8, font="")
+    t1 = mm.new_template("Forward")
+    t1.update(qfmt="{{Front}}", afmt="{{FrontSide}}<hr id=answer>{{Back}}",
+              bqfmt="<b>{{Front}}</b>", bafmt="{{Back}}", bfont="Courier", bsize=9,
+              liteTemplateKey="kept")
+    t2 = mm.new_template("Reverse")
+    t2.update(qfmt="{{#Back}}{{Back}}{{/Back}}", afmt="{{Front}}")
+    mm.add_template(nt, t1)
+    mm.add_template(nt, t2)
+    default_deck = col.decks.id("Default")
+    nt["tmpls"][1]["did"] = default_deck
+    nt.update(sortf=1, latexsvg=True, latexPre="\\documentclass{article}\n\\begin{document}",
+              latexPost="\\end{document}%lite", css=".card { color: #abcdef; }\n",
+              did=default_deck, vers=[], tags=["lite", "odd"], liteKey={"nested": [True, None, 1.5]},
+              originalId=424242)
+    nt["req"] = [[0, "any", [0]], [1, "all", [1, 2]]]
+    mm.add_dict(nt)
+
+    cloze = mm.copy(mm.by_name("Cloze"), add=False)
+    cloze["name"] = "Lite Cloze Copy"
+    cloze["flds"][0]["description"] = "cloze text here"
+    mm.add_dict(cloze)
+
+
+def _s11_decks(col: Collection) -> None:
+    dm = col.decks
+    today = col.sched.today
+    dm.id("Lite::Nested::Deeper")
+    did = dm.id("Lite::Limits")
+    deck = dm.get(did)
+    deck.update(desc="**described**", md=True, collapsed=False, browserCollapsed=True,
+                extendNew=3, extendRev=4, reviewLimit=120, newLimit=7,
+                reviewLimitToday={"limit": 50, "today": today + 41},
+                newLimitToday={"limit": 2, "today": today + 41}, desiredRetention=87,
+                liteDeckKey=["kept", 1])
+    # Counters of an earlier day (lrn) are reset when the library stores them.
+    deck["newToday"] = [today + 41, 3]
+    deck["revToday"] = [today + 41, 2]
+    deck["lrnToday"] = [today + 40, 7]
+    deck["timeToday"] = [today + 41, 12345]
+    dm.save(deck)
+
+    fid = dm.new_filtered("Lite Filtered")
+    filt = dm.get(fid)
+    filt.update(resched=False, terms=[["deck:Lite*", 55, 1], ["is:due", 20, 6]],
+                previewDelay=7, previewAgainSecs=11, previewHardSecs=22, previewGoodSecs=33,
+                delays=[1.5, 10.0])
+    dm.save(filt)
+
+
+def _s11_configs(col: Collection) -> None:
+    dm = col.decks
+    cid = dm.add_config_returning_id("Lite FSRS")
+    c = dm.get_config(cid)
+    c["new"].update(delays=[0.5, 3.0, 1440.0], initialFactor=2300, ints=[2, 5, 0], order=0,
+                    perDay=33, bury=True, separate=True)
+    c["rev"].update(perDay=444, ease4=1.45, ivlFct=0.95, maxIvl=3650, hardFactor=1.15,
+                    bury=True, fuzz=0.05, minSpace=1)
+    c["lapse"].update(delays=[5.0, 20.0], leechAction=0, leechFails=6, minInt=2, mult=0.3)
+    c.update(maxTaken=75, autoplay=False, timer=1, replayq=False, newMix=1,
+             newPerDayMinimum=3, interdayLearningMix=2, reviewOrder=7, newSortOrder=3,
+             newGatherPriority=5, buryInterdayLearning=True,
+             fsrsWeights=[0.4, 0.6, 2.4, 5.8, 4.93, 0.94, 0.86, 0.01, 1.49, 0.14, 0.94, 2.18,
+                          0.05, 0.34, 1.26, 0.29, 2.61],
+             fsrsParams5=[0.40255, 1.18385, 3.173, 15.69105, 7.1949, 0.5345, 1.4604, 0.0046,
+                          1.54575, 0.1192, 1.01925, 1.9395, 0.11, 0.29605, 2.2698, 0.2315,
+                          2.9898, 0.51655, 0.6621],
+             fsrsParams6=[0.212, 1.2931, 2.3065, 8.2956, 6.4133, 0.8334, 3.0194, 0.001,
+                          1.8722, 0.1666, 0.796, 1.4835, 0.0614, 0.2629, 1.6483, 0.6014,
+                          1.8729, 0.5425, 0.0912, 0.0658, 0.1542],
+             desiredRetention=0.87, sm2Retention=0.83, weightSearch="deck:Lite*",
+             ignoreRevlogsBeforeDate="2024-01-31",
+             easyDaysPercentages=[1.0, 0.5, 1.0, 0.0, 1.0, 0.7, 1.0],
+             stopTimerOnAnswer=True, secondsToShowQuestion=2.5, secondsToShowAnswer=1.25,
+             questionAction=1, answerAction=3, waitForAudio=False,
+             liteConfKey={"x": 1})
+    dm.update_config(c)
+    dm.set_config_id_for_deck_dict(dm.get(dm.id("Lite::Limits")), cid)
+
+    # Out-of-range values are stored as given; the library clamps them when
+    # it reads the preset (storage.md §6.7).
+    cid = dm.add_config_returning_id("Lite Clamped")
+    c = dm.get_config(cid)
+    c["rev"]["hardFactor"] = 2.0
+    c["new"]["perDay"] = 12000
+    c["desiredRetention"] = 0.5
+    dm.update_config(c)
+
+
+def _s11_rows(col: Collection, sql: str, names: tuple[str, ...], blobs: tuple[str, ...], *args: Any):
+    out = []
+    for row in col.db.all(sql, *args):
+        item = dict(zip(names, row))
+        for key in blobs:
+            item[key] = _s11_hex(item[key])
+        out.append(item)
+    return out
+
+
+def cmd_schema11_dump(args: argparse.Namespace) -> Any:
+    """Builds (if P is missing) a collection rich in notetype, deck and
+    preset variety, then prints for each object the library's own schema-11
+    JSON next to its raw schema-18 rows (blobs as hex)."""
+    fresh = not os.path.exists(args.path)
+
+    def run(col: Collection) -> Any:
+        if fresh:
+            _s11_notetypes(col)
+            _s11_decks(col)
+            _s11_configs(col)
+        notetypes = []
+        for (ntid,) in col.db.all("select id from notetypes order by id"):
+            notetypes.append({
+                "json": col.models.get(ntid),
+                "row": _s11_rows(col, "select id, name, mtime_secs, usn, config from notetypes where id = ?",
+                                 ("id", "name", "mtime_secs", "usn", "config"), ("config",), ntid)[0],
+                "fields": _s11_rows(col, "select ord, name, config from fields where ntid = ? order by ord",
+                                    ("ord", "name", "config"), ("config",), ntid),
+                "templates": _s11_rows(
+                    col, "select ord, name, mtime_secs, usn, config from templates where ntid = ? order by ord",
+                    ("ord", "name", "mtime_secs", "usn", "config"), ("config",), ntid),
+            })
+        decks = [
+            {"json": col.decks.get(row["id"]), "row": row}
+            for row in _s11_rows(col, "select id, name, mtime_secs, usn, common, kind from decks order by id",
+                                 ("id", "name", "mtime_secs", "usn", "common", "kind"), ("common", "kind"))
+        ]
+        configs = [
+            {"json": col.decks.get_config(row["id"]), "row": row}
+            for row in _s11_rows(col, "select id, name, mtime_secs, usn, config from deck_config order by id",
+                                 ("id", "name", "mtime_secs", "usn", "config"), ("config",))
+        ]
+        return {"notetypes": notetypes, "decks": decks, "deck_configs": configs}
+
+    return with_collection(args.path, run)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -379,6 +535,7 @@ def parser() -> argparse.ArgumentParser:
     command("full-download", cmd_full_download, server=True)
     command("dump", cmd_dump)
     command("count", cmd_count)
+    command("schema11-dump", cmd_schema11_dump)
     return top
 
 
