@@ -36,7 +36,7 @@ fn unhex(hex: &str) -> Vec<u8> {
         .collect()
 }
 
-fn hex_of<'a>(v: &'a Value, key: &str) -> Vec<u8> {
+fn hex_of(v: &Value, key: &str) -> Vec<u8> {
     unhex(
         v[key]
             .as_str()

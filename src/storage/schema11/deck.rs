@@ -437,3 +437,309 @@ pub fn store_deck(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil;
+    use super::*;
+
+    /// storage.md §7.11: the fresh "Default" deck.
+    fn default_json() -> Value {
+        json!({"id":1,"mod":0,"name":"Default","usn":0,"lrnToday":[0,0],"revToday":[0,0],
+         "newToday":[0,0],"timeToday":[0,0],"collapsed":true,"browserCollapsed":true,
+         "desc":"","dyn":0,"conf":1,"extendNew":0,"extendRev":0,"reviewLimit":null,
+         "newLimit":null,"reviewLimitToday":null,"newLimitToday":null,"desiredRetention":null})
+    }
+
+    /// storage.md §7.11: a filtered deck with default options.
+    fn filtered_json() -> Value {
+        json!({"id":1795348702123i64,"mod":1795348702,"name":"Filt 1","usn":-1,"lrnToday":[0,0],
+         "revToday":[0,0],"newToday":[0,0],"timeToday":[0,0],"collapsed":true,
+         "browserCollapsed":true,"desc":"","dyn":1,"resched":true,"terms":[["",100,0]],
+         "separate":true,"delays":null,"previewDelay":0,"previewAgainSecs":60,
+         "previewHardSecs":600,"previewGoodSecs":0})
+    }
+
+    fn parse(v: &Value) -> DeckRow {
+        deck_from_json(v).expect("parses")
+    }
+
+    fn normal(d: &DeckRow) -> &deck::Normal {
+        match &d.kind.kind {
+            Some(Kind::Normal(n)) => n,
+            other => panic!("not normal: {other:?}"),
+        }
+    }
+
+    fn filtered(d: &DeckRow) -> &deck::Filtered {
+        match &d.kind.kind {
+            Some(Kind::Filtered(f)) => f,
+            other => panic!("not filtered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn examples_round_trip() {
+        let d = parse(&default_json());
+        assert_eq!(normal(&d).config_id, 1);
+        assert!(d.common.study_collapsed && d.common.browser_collapsed);
+        assert_eq!(deck_to_json(&d), default_json());
+        // Same blobs as the ones a fresh collection gets.
+        assert_eq!(d.common, crate::storage::stock::default_deck_common());
+        assert_eq!(d.kind, crate::storage::stock::default_deck_kind());
+
+        let f = parse(&filtered_json());
+        let ff = filtered(&f);
+        assert!(ff.reschedule);
+        assert_eq!(ff.search_terms[0].limit, 100);
+        assert_eq!(ff.preview_hard_secs, 600);
+        assert_eq!(deck_to_json(&f), filtered_json());
+    }
+
+    #[test]
+    fn today_arrays_follow_the_day_logic() {
+        let mut v = default_json();
+        v["newToday"] = json!([9, 3]);
+        v["revToday"] = json!([10, 4]);
+        v["lrnToday"] = json!([10, 1]);
+        v["timeToday"] = json!([8, 99]);
+        let d = parse(&v);
+        let c = &d.common;
+        assert_eq!(
+            (c.last_day_studied, c.new_studied, c.review_studied),
+            (10, 0, 4)
+        );
+        assert_eq!((c.learning_studied, c.milliseconds_studied), (1, 99));
+        let out = deck_to_json(&d);
+        assert_eq!(out["newToday"], json!([10, 0]));
+        assert_eq!(out["timeToday"], json!([10, 99]));
+
+        // Last element = amount, the one before = day; junk counts as 0.
+        v["newToday"] = json!([1, 2, 10, 5]);
+        v["revToday"] = json!(["x", 7]);
+        v["lrnToday"] = json!([]);
+        v["timeToday"] = json!([10, 1.5]);
+        let c = parse(&v).common;
+        assert_eq!(
+            (c.new_studied, c.review_studied, c.learning_studied),
+            (5, 0, 0)
+        );
+        assert_eq!(c.milliseconds_studied, 0);
+
+        v["timeToday"] = json!(null);
+        assert!(deck_from_json(&v).is_err());
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        assert_eq!(native_deck_name(" a :: b\u{1} ::  "), "a\x1fb\x1fblank");
+        assert_eq!(native_deck_name("e\u{301}::x\x1fy"), "\u{e9}\x1fxy");
+        assert_eq!(native_deck_name(":a:::b"), "a\x1fb");
+        assert_eq!(human_deck_name("a\x1fb"), "a::b");
+        let mut v = default_json();
+        v["name"] = json!("Parent::Child");
+        let d = parse(&v);
+        assert_eq!(d.name, "Parent\x1fChild");
+        assert_eq!(deck_to_json(&d)["name"], json!("Parent::Child"));
+    }
+
+    #[test]
+    fn dyn_selects_the_kind() {
+        let mut v = filtered_json();
+        v["dyn"] = json!(true);
+        v["return"] = json!(true);
+        let d = parse(&v);
+        assert!(matches!(d.kind.kind, Some(Kind::Filtered(_))));
+        assert!(d.common.other.is_empty(), "`return` is dropped");
+        let mut v = default_json();
+        v["dyn"] = json!(false);
+        assert!(matches!(parse(&v).kind.kind, Some(Kind::Normal(_))));
+        v["dyn"] = json!(2);
+        assert!(matches!(parse(&v).kind.kind, Some(Kind::Normal(_))));
+        for bad in [json!("1"), json!(null), json!(1.0), json!(-1)] {
+            v["dyn"] = bad.clone();
+            assert!(deck_from_json(&v).is_err(), "{bad}");
+        }
+        v.as_object_mut().unwrap().remove("dyn");
+        assert!(deck_from_json(&v).is_err());
+    }
+
+    #[test]
+    fn common_key_rules() {
+        let mut v = default_json();
+        v["id"] = json!("42");
+        v["mod"] = json!("17");
+        v.as_object_mut().unwrap().remove("browserCollapsed");
+        let d = parse(&v);
+        assert_eq!((d.id, d.mtime_secs), (42, 17));
+        assert!(!d.common.browser_collapsed);
+        v.as_object_mut().unwrap().remove("mod");
+        assert_eq!(parse(&v).mtime_secs, 0);
+        for (key, bad) in [
+            ("collapsed", json!(1)),
+            ("browserCollapsed", json!("true")),
+            ("desc", json!(null)),
+            ("md", json!(1)),
+            ("usn", json!("1")),
+            ("conf", json!(1.5)),
+        ] {
+            let mut v = default_json();
+            v[key] = bad;
+            assert!(deck_from_json(&v).is_err(), "{key}");
+        }
+    }
+
+    #[test]
+    fn normal_deck_leniency() {
+        let mut v = default_json();
+        v.as_object_mut().unwrap().extend(
+            json!({"extendNew": -3, "extendRev": "x", "reviewLimit": -1, "newLimit": 5,
+                "reviewLimitToday": {"limit": 9}, "newLimitToday": {"limit": 2, "today": 7},
+                "desiredRetention": 87.5, "desc": "hi", "md": true, "conf": "3"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        let d = parse(&v);
+        let n = normal(&d);
+        assert_eq!((n.extend_new, n.extend_review), (0, 0));
+        assert_eq!((n.review_limit, n.new_limit), (None, Some(5)));
+        assert_eq!(n.review_limit_today, None);
+        assert_eq!(n.new_limit_today, Some(DayLimit { limit: 2, today: 7 }));
+        assert_eq!(n.desired_retention, None);
+        assert_eq!(
+            (n.description.as_str(), n.markdown_description),
+            ("hi", true)
+        );
+        assert_eq!(n.config_id, 3);
+        let out = deck_to_json(&d);
+        assert_eq!(out["md"], json!(true));
+        assert_eq!(out["newLimitToday"], json!({"limit": 2, "today": 7}));
+
+        v["desiredRetention"] = json!(87);
+        let d = parse(&v);
+        assert_eq!(normal(&d).desired_retention, Some(0.87));
+        assert_eq!(deck_to_json(&d)["desiredRetention"], json!(87));
+        // Truncation on the way out, in f32.
+        let mut d = d;
+        if let Some(Kind::Normal(n)) = &mut d.kind.kind {
+            n.desired_retention = Some(0.899);
+        }
+        assert_eq!(deck_to_json(&d)["desiredRetention"], json!(89));
+        // `md` is emitted only when true.
+        assert!(deck_to_json(&parse(&default_json())).get("md").is_none());
+    }
+
+    #[test]
+    fn filtered_deck_rules() {
+        let mut v = filtered_json();
+        v["terms"] =
+            json!([["a", "-5", 1], ["b", "7", 6], {"search": "c", "limit": 3, "order": 2}]);
+        v["resched"] = json!("0");
+        v["delays"] = json!("bad");
+        v["desc"] = json!("dropped");
+        v["md"] = json!(true);
+        v["conf"] = json!(5);
+        v.as_object_mut().unwrap().remove("separate");
+        v.as_object_mut().unwrap().remove("previewGoodSecs");
+        let d = parse(&v);
+        let f = filtered(&d);
+        let limits: Vec<u32> = f.search_terms.iter().map(|t| t.limit).collect();
+        assert_eq!(limits, vec![0, 7, 3]);
+        assert!(!f.reschedule);
+        assert!(f.delays.is_empty());
+        let out = deck_to_json(&d);
+        assert_eq!(out["desc"], json!(""));
+        assert!(out.get("md").is_none());
+        assert_eq!(out["separate"], json!(true));
+        assert_eq!(out["delays"], Value::Null);
+        // Unknown to a filtered deck: stored in `other`, but a reserved key
+        // on output.
+        assert_ne!(d.common.other, b"");
+        assert!(out.get("conf").is_none());
+        assert_eq!(out["terms"][0], json!(["a", 0, 1]));
+
+        v["delays"] = json!([1.5, 10]);
+        let d = parse(&v);
+        assert_eq!(filtered(&d).delays, vec![1.5, 10.0]);
+        assert_eq!(deck_to_json(&d)["delays"], json!([1.5, 10.0]));
+
+        for (key, bad) in [
+            ("separate", json!(1)),
+            ("resched", json!("maybe")),
+            ("terms", json!([["a", 1.5, 0]])),
+            ("terms", json!([["a", 1]])),
+            ("previewDelay", json!(-1)),
+        ] {
+            let mut v = filtered_json();
+            v[key] = bad;
+            assert!(deck_from_json(&v).is_err(), "{key}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_and_reserved_ones_dropped() {
+        let mut v = default_json();
+        v["liteKey"] = json!({"a": [1]});
+        let d = parse(&v);
+        assert_eq!(d.common.other, br#"{"liteKey":{"a":[1]}}"#);
+        assert_eq!(deck_to_json(&d), v);
+        let mut d = d;
+        d.common.other = br#"{"name":"evil","conf":9,"keep":true}"#.to_vec();
+        let out = deck_to_json(&d);
+        assert_eq!((&out["name"], &out["conf"]), (&json!("Default"), &json!(1)));
+        assert_eq!(out["keep"], json!(true));
+    }
+
+    #[test]
+    fn store_renames_clashes_and_refuses_bad_rows() {
+        let conn = testutil::conn();
+        let mut a = parse(&default_json());
+        store_deck(&conn, &mut a, 3, 500).unwrap();
+        assert_eq!(load_deck(&conn, 1).unwrap().as_ref(), Some(&a));
+        // Replacing the same id keeps its name.
+        store_deck(&conn, &mut a, 3, 500).unwrap();
+        assert_eq!((a.name.as_str(), a.usn), ("Default", 0));
+
+        let mut b = parse(&default_json());
+        b.id = 2;
+        b.name = "dEFAULT".into();
+        b.usn = 1;
+        store_deck(&conn, &mut b, 3, 500).unwrap();
+        assert_eq!((b.name.as_str(), b.mtime_secs, b.usn), ("dEFAULT+", 500, 3));
+        let mut c = parse(&default_json());
+        c.id = 3;
+        store_deck(&conn, &mut c, 3, 500).unwrap();
+        assert_eq!(c.name, "Default++");
+
+        let mut child = parse(&default_json());
+        child.id = 4;
+        child.name = native_deck_name("Missing::Child");
+        child.usn = 7;
+        store_deck(&conn, &mut child, 3, 500).unwrap();
+        assert_eq!(
+            load_deck(&conn, 4).unwrap().unwrap().name,
+            "Missing\x1fChild"
+        );
+        let parents: i64 = conn
+            .query_row(
+                "SELECT count() FROM decks WHERE name = 'Missing'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(parents, 0, "missing parents are not created");
+        assert_eq!(deck_ids_since(&conn, 3).unwrap(), vec![2, 3, 4]);
+
+        let mut empty = parse(&default_json());
+        empty.id = 9;
+        empty.kind = deck::KindContainer { kind: None };
+        assert!(matches!(
+            store_deck(&conn, &mut empty, 3, 500),
+            Err(ConvertError::Invalid(_))
+        ));
+        let mut zero = parse(&default_json());
+        zero.id = 0;
+        assert!(store_deck(&conn, &mut zero, 3, 500).is_err());
+    }
+}

@@ -558,3 +558,353 @@ pub fn store_deckconfig(conn: &Connection, c: &DeckConfigRow) -> Result<(), Conv
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil;
+    use super::*;
+
+    /// storage.md §7.11: the fresh default preset.
+    fn default_json() -> Value {
+        json!({"id":1,"mod":0,"name":"Default","usn":0,"maxTaken":60,"autoplay":true,"timer":0,
+         "replayq":true,
+         "new":{"bury":false,"delays":[1.0,10.0],"initialFactor":2500,"ints":[1,4,0],"order":1,"perDay":20},
+         "rev":{"bury":false,"ease4":1.3,"ivlFct":1.0,"maxIvl":36500,"perDay":200,"hardFactor":1.2},
+         "lapse":{"delays":[10.0],"leechAction":1,"leechFails":8,"minInt":1,"mult":0.0},
+         "dyn":false,"newMix":0,"newPerDayMinimum":0,"interdayLearningMix":0,"reviewOrder":0,
+         "newSortOrder":0,"newGatherPriority":0,"buryInterdayLearning":false,"fsrsWeights":[],
+         "fsrsParams5":[],"fsrsParams6":[],"desiredRetention":0.9,"ignoreRevlogsBeforeDate":"",
+         "easyDaysPercentages":[1.0,1.0,1.0,1.0,1.0,1.0,1.0],"stopTimerOnAnswer":false,
+         "secondsToShowQuestion":0.0,"secondsToShowAnswer":0.0,"questionAction":0,
+         "answerAction":0,"waitForAudio":true,"sm2Retention":0.9,"weightSearch":""})
+    }
+
+    /// The "Default" preset blob of a collection created by Anki 26.9.
+    const DEFAULT_BLOB_HEX: &str = "0a080000803f00002041120400002041221c0000803f0000803f0000803f0000803f0000803f0000803f0000803f481450c8015d00002040656666a63f6d9a99993f7d0000803f8001949d02880101900101980104a80101b00108c0013cad026666663fc5026666663fe00201";
+
+    fn parse(v: &Value) -> DeckConfigRow {
+        deckconfig_from_json(v).expect("parses")
+    }
+
+    fn with(changes: Value) -> Value {
+        let mut v = default_json();
+        for (k, change) in changes.as_object().unwrap() {
+            match (v.get_mut(k), change) {
+                (Some(Value::Object(sub)), Value::Object(inner)) => {
+                    for (ik, iv) in inner {
+                        if iv == &json!("<remove>") {
+                            sub.remove(ik);
+                        } else {
+                            sub.insert(ik.clone(), iv.clone());
+                        }
+                    }
+                }
+                _ if change == &json!("<remove>") => {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                _ => {
+                    v[k] = change.clone();
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn default_example_round_trips_to_the_library_blob() {
+        let row = parse(&default_json());
+        assert_eq!(row.config, default_deck_config());
+        let hex: String = row
+            .config
+            .encode_to_vec()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, DEFAULT_BLOB_HEX);
+        assert_eq!(deckconfig_to_json(&row), default_json());
+    }
+
+    #[test]
+    fn inverted_and_negated_settings() {
+        let c = parse(&with(
+            json!({"new": {"order": 0}, "autoplay": false, "replayq": false,
+            "timer": 1, "lapse": {"leechAction": 0}}),
+        ))
+        .config;
+        assert_eq!(c.new_card_insert_order, NewCardInsertOrder::Random as i32);
+        assert!(c.disable_autoplay && c.skip_question_when_replaying_answer && c.show_timer);
+        assert_eq!(c.leech_action, LeechAction::Suspend as i32);
+        let out = deckconfig_to_json(&DeckConfigRow {
+            config: c,
+            ..parse(&default_json())
+        });
+        assert_eq!(out["new"]["order"], json!(0));
+        assert_eq!(
+            (&out["autoplay"], &out["replayq"]),
+            (&json!(false), &json!(false))
+        );
+        assert_eq!(
+            (&out["timer"], &out["lapse"]["leechAction"]),
+            (&json!(1), &json!(0))
+        );
+
+        let c = parse(&default_json()).config;
+        assert_eq!(c.new_card_insert_order, NewCardInsertOrder::Due as i32);
+        // replayq absent ⇒ false ⇒ skip; timer `true` ⇒ 0; timer 7 ⇒ shown.
+        let c = parse(&with(json!({"replayq": "<remove>", "timer": true}))).config;
+        assert!(c.skip_question_when_replaying_answer && !c.show_timer);
+        assert!(parse(&with(json!({"timer": 7}))).config.show_timer);
+        // Unknown enum values are emitted as upstream maps them.
+        let mut row = parse(&default_json());
+        row.config.new_card_insert_order = 9;
+        row.config.leech_action = 9;
+        row.config.question_action = 9;
+        row.config.answer_action = 9;
+        let out = deckconfig_to_json(&row);
+        assert_eq!(out["new"]["order"], json!(1));
+        assert_eq!(out["lapse"]["leechAction"], json!(0));
+        assert_eq!(
+            (&out["questionAction"], &out["answerAction"]),
+            (&json!(0), &json!(0))
+        );
+        row.config.answer_action = 3;
+        assert_eq!(deckconfig_to_json(&row)["answerAction"], json!(3));
+    }
+
+    #[test]
+    fn floats_stay_f32_and_truncate_back() {
+        let c = parse(&with(json!({"new": {"initialFactor": 2300},
+            "rev": {"ease4": 1.45, "ivlFct": 0.95}})))
+        .config;
+        assert_eq!(c.initial_ease, 2.3f32);
+        assert_eq!(c.easy_multiplier, 1.45f32);
+        let row = DeckConfigRow {
+            config: c,
+            ..parse(&default_json())
+        };
+        let out = deckconfig_to_json(&row);
+        assert_eq!(out["new"]["initialFactor"], json!(2300));
+        assert_eq!(out["rev"]["ease4"].to_string(), "1.45");
+        assert_eq!(out["rev"]["ivlFct"].to_string(), "0.95");
+        let mut row = row;
+        row.config.initial_ease = 2.4567;
+        assert_eq!(
+            deckconfig_to_json(&row)["new"]["initialFactor"],
+            json!(2456)
+        );
+    }
+
+    #[test]
+    fn sub_objects_reset_wholesale_on_error() {
+        // A missing new.perDay also resets new.delays (verified upstream).
+        let c = parse(&with(json!({"new": {"perDay": "<remove>", "delays": [3.0],
+            "separate": true}})))
+        .config;
+        assert_eq!(c.learn_steps, vec![1.0, 10.0]);
+        assert_eq!(c.new_per_day, 20);
+        assert!(
+            c.other.is_empty(),
+            "unknown keys of a reset sub-object are lost"
+        );
+        let c = parse(&with(json!({"rev": {"ease4": "1.3", "perDay": 5}}))).config;
+        assert_eq!(c.reviews_per_day, 200);
+        let c = parse(&with(json!({"lapse": {"leechFails": -1, "mult": 0.5}}))).config;
+        assert_eq!(c.lapse_multiplier, 0.0);
+        let c = parse(&with(json!({"lapse": []}))).config;
+        assert_eq!(c.relearn_steps, vec![10.0]);
+        // Lenient sub-keys do not reset their sub-object.
+        let c = parse(&with(
+            json!({"new": {"perDay": "x", "delays": null, "order": 5,
+            "ints": [-5, 4, 3], "initialFactor": 2000}}),
+        ))
+        .config;
+        assert_eq!((c.new_per_day, c.learn_steps.len()), (0, 0));
+        assert_eq!(c.new_card_insert_order, NewCardInsertOrder::Due as i32);
+        assert_eq!(
+            (c.graduating_interval_good, c.graduating_interval_easy),
+            (1, 4)
+        );
+        assert_eq!(c.initial_ease, 2.0);
+        let c = parse(&with(
+            json!({"new": {"ints": [3, 9]}, "rev": {"hardFactor": "<remove>",
+            "perDay": null}, "lapse": {"leechAction": 4}}),
+        ))
+        .config;
+        assert_eq!(
+            (c.graduating_interval_good, c.graduating_interval_easy),
+            (3, 9)
+        );
+        assert_eq!((c.hard_multiplier, c.reviews_per_day), (1.2, 0));
+        assert_eq!(c.leech_action, LeechAction::TagOnly as i32);
+        let c = parse(&with(json!({"new": {"ints": [4]}}))).config;
+        assert_eq!(
+            (c.graduating_interval_good, c.graduating_interval_easy),
+            (1, 4)
+        );
+        // Only a missing sub-object is an error.
+        assert!(deckconfig_from_json(&with(json!({"lapse": "<remove>"}))).is_err());
+    }
+
+    #[test]
+    fn top_level_rules() {
+        let c = parse(&with(
+            json!({"maxTaken": -5, "dyn": "junk", "id": "7", "mod": "8"}),
+        ));
+        assert_eq!((c.id, c.mtime_secs), (7, 8));
+        assert_eq!(c.config.cap_answer_time_to_secs, 0);
+        // Clamped on output, as the library does when reading.
+        assert_eq!(deckconfig_to_json(&c)["maxTaken"], json!(60));
+        for (key, bad) in [
+            ("autoplay", json!(1)),
+            ("maxTaken", json!("60")),
+            ("usn", json!(1.5)),
+            ("replayq", json!(1)),
+            ("newMix", json!("1")),
+            ("newPerDayMinimum", json!(-1)),
+            ("fsrsWeights", json!(null)),
+            ("desiredRetention", json!("0.9")),
+            ("questionAction", json!(2)),
+            ("answerAction", json!(5)),
+            ("waitForAudio", json!(0)),
+            ("weightSearch", json!(null)),
+            ("timer", json!("<remove>")),
+            ("new", json!("<remove>")),
+        ] {
+            assert!(
+                deckconfig_from_json(&with(json!({ key: bad }))).is_err(),
+                "{key}"
+            );
+        }
+        let c = parse(&with(json!({"answerAction": 4, "questionAction": 1}))).config;
+        assert_eq!((c.answer_action, c.question_action), (4, 1));
+    }
+
+    #[test]
+    fn legacy_config_gets_zero_defaults_then_clamps() {
+        // What 2.1.56 sends: none of the newer keys.
+        let mut v = default_json();
+        for k in [
+            "newMix",
+            "newPerDayMinimum",
+            "interdayLearningMix",
+            "reviewOrder",
+            "newSortOrder",
+            "newGatherPriority",
+            "buryInterdayLearning",
+            "fsrsWeights",
+            "fsrsParams5",
+            "fsrsParams6",
+            "desiredRetention",
+            "ignoreRevlogsBeforeDate",
+            "easyDaysPercentages",
+            "stopTimerOnAnswer",
+            "secondsToShowQuestion",
+            "secondsToShowAnswer",
+            "questionAction",
+            "answerAction",
+            "waitForAudio",
+            "sm2Retention",
+            "weightSearch",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v["rev"].as_object_mut().unwrap().remove("hardFactor");
+        let row = parse(&v);
+        let c = &row.config;
+        assert_eq!((c.desired_retention, c.historical_retention), (0.0, 0.0));
+        assert!(c.easy_days_percentages.is_empty());
+        assert!(c.wait_for_audio);
+        assert_eq!(c.hard_multiplier, 1.2);
+        let out = deckconfig_to_json(&row);
+        assert_eq!(out["desiredRetention"].to_string(), "0.9");
+        assert_eq!(out["sm2Retention"].to_string(), "0.9");
+        assert_eq!(out["easyDaysPercentages"], json!([]));
+    }
+
+    #[test]
+    fn clamping_replaces_out_of_range_values() {
+        let mut c = default_deck_config();
+        c.new_per_day = 10_000;
+        c.initial_ease = 1.3;
+        c.easy_multiplier = f32::NAN;
+        c.hard_multiplier = 2.0;
+        c.lapse_multiplier = 1.5;
+        c.interval_multiplier = 0.1;
+        c.maximum_review_interval = 0;
+        c.minimum_lapse_interval = 40_000;
+        c.graduating_interval_good = 0;
+        c.graduating_interval_easy = 0;
+        c.leech_threshold = 0;
+        c.cap_answer_time_to_secs = 0;
+        c.desired_retention = 0.995;
+        c.historical_retention = 0.98;
+        clamp_deck_config(&mut c);
+        assert_eq!(c, default_deck_config());
+        let mut ok = default_deck_config();
+        ok.initial_ease = 1.31;
+        ok.desired_retention = 0.7;
+        let before = ok.clone();
+        clamp_deck_config(&mut ok);
+        assert_eq!(ok, before);
+    }
+
+    #[test]
+    fn unknown_keys_nest_and_come_back() {
+        let v = with(
+            json!({"new": {"separate": true}, "rev": {"fuzz": 0.05, "minSpace": 1},
+            "liteKey": [1]}),
+        );
+        let row = parse(&v);
+        assert_eq!(
+            json::parse_other(&row.config.other),
+            *json!({"liteKey": [1], "new": {"separate": true},
+                "rev": {"fuzz": 0.05, "minSpace": 1}})
+            .as_object()
+            .unwrap()
+        );
+        assert_eq!(deckconfig_to_json(&row), v);
+
+        // Reserved keys in `other` (also inside the sub-objects) are dropped.
+        let mut row = parse(&default_json());
+        row.config.other =
+            br#"{"name":"evil","keep":1,"new":{"perDay":5,"k":2},"lapse":7}"#.to_vec();
+        let out = deckconfig_to_json(&row);
+        assert_eq!((&out["name"], &out["keep"]), (&json!("Default"), &json!(1)));
+        assert_eq!(
+            (&out["new"]["perDay"], &out["new"]["k"]),
+            (&json!(20), &json!(2))
+        );
+        assert_eq!(out["lapse"]["mult"].to_string(), "0.0");
+    }
+
+    #[test]
+    fn store_and_load() {
+        let conn = testutil::conn();
+        let mut a = parse(&default_json());
+        a.usn = -1;
+        store_deckconfig(&conn, &a).unwrap();
+        let mut b = a.clone();
+        b.id = 2;
+        b.usn = 4;
+        store_deckconfig(&conn, &b).unwrap();
+        assert_eq!(load_deckconfig(&conn, 2).unwrap().as_ref(), Some(&b));
+        assert_eq!(load_deckconfig(&conn, 1).unwrap().unwrap().usn, -1);
+        assert_eq!(load_deckconfig(&conn, 3).unwrap(), None);
+        assert_eq!(deckconfig_ids_since(&conn, 0).unwrap(), vec![2]);
+        // An all-default message is stored as an empty blob, not NULL.
+        let mut empty = a.clone();
+        empty.id = 5;
+        empty.config = deck_config::Config::default();
+        store_deckconfig(&conn, &empty).unwrap();
+        let (kind, len): (String, i64) = conn
+            .query_row(
+                "SELECT typeof(config), length(config) FROM deck_config WHERE id = 5",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((kind.as_str(), len), ("blob", 0));
+        empty.id = 0;
+        assert!(store_deckconfig(&conn, &empty).is_err());
+    }
+}

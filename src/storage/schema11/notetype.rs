@@ -501,3 +501,287 @@ pub(super) fn name_taken(
         .optional()?;
     Ok(found.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::json::Obj;
+    use super::super::testutil;
+    use super::*;
+
+    /// storage.md §7.11 "Basic", with shortened CSS and LaTeX.
+    fn basic_json() -> Value {
+        json!({"id":1795348670117i64,"name":"Basic","type":0,"mod":0,"usn":0,"sortf":0,"did":null,
+         "tmpls":[{"name":"Card 1","ord":0,"qfmt":"{{Front}}",
+           "afmt":"{{FrontSide}}\n\n<hr id=answer>\n\n{{Back}}","bqfmt":"","bafmt":"",
+           "did":null,"bfont":"","bsize":0,"id":2051354267567806708i64}],
+         "flds":[{"name":"Front","ord":0,"sticky":false,"rtl":false,"font":"Arial","size":20,
+           "description":"","plainText":false,"collapsed":false,"excludeFromSearch":false,
+           "id":3750503914571943501i64,"tag":null,"preventDeletion":false},
+          {"name":"Back","ord":1,"sticky":false,"rtl":false,"font":"Arial","size":20,
+           "description":"","plainText":false,"collapsed":false,"excludeFromSearch":false,
+           "id":776307749806393384i64,"tag":null,"preventDeletion":false}],
+         "css":".card { color: black; }","latexPre":"\\documentclass[12pt]{article}",
+         "latexPost":"\\end{document}","latexsvg":false,"req":[[0,"any",[0]]],
+         "originalStockKind":1})
+    }
+
+    fn parse(v: Value) -> NotetypeRow {
+        notetype_from_json(&v).expect("parses")
+    }
+
+    #[test]
+    fn basic_example_round_trips() {
+        let nt = parse(basic_json());
+        assert_eq!(nt.config.original_stock_kind, 1);
+        assert_eq!(nt.config.reqs[0].kind, ReqKind::Any as i32);
+        assert_eq!(nt.fields[1].config.id, Some(776307749806393384));
+        assert_eq!(notetype_to_json(&nt), basic_json());
+    }
+
+    #[test]
+    fn legacy_notetype_gets_defaults() {
+        // 2.1.56 sends no excludeFromSearch/id/tag/preventDeletion, no
+        // template id and no originalStockKind.
+        let mut v = basic_json();
+        for f in v["flds"].as_array_mut().unwrap() {
+            for k in ["excludeFromSearch", "id", "tag", "preventDeletion"] {
+                f.as_object_mut().unwrap().remove(k);
+            }
+        }
+        v["tmpls"][0].as_object_mut().unwrap().remove("id");
+        v.as_object_mut().unwrap().remove("originalStockKind");
+        let nt = parse(v);
+        assert_eq!(nt.config.original_stock_kind, 0);
+        assert_eq!(nt.fields[0].config.id, None);
+        assert_eq!(nt.templates[0].config.id, None);
+        let out = notetype_to_json(&nt);
+        assert!(out.get("originalStockKind").is_none());
+        assert_eq!(out["flds"][0]["id"], Value::Null);
+        assert_eq!(out["flds"][0]["excludeFromSearch"], json!(false));
+    }
+
+    #[test]
+    fn top_level_leniency() {
+        let mut v = basic_json();
+        v["did"] = json!("12");
+        v["css"] = json!(5);
+        v["latexsvg"] = json!("yes");
+        v["req"] = json!([[0, "any", [0]], [1, "some", [0]]]);
+        v["id"] = json!("1795348670117");
+        v["originalId"] = json!(null);
+        let nt = parse(v);
+        assert_eq!(nt.id, 1795348670117);
+        assert_eq!(nt.config.target_deck_id_unused, 0);
+        assert_eq!(nt.config.css, "");
+        assert!(!nt.config.latex_svg);
+        assert!(nt.config.reqs.is_empty(), "one bad entry empties req");
+        assert_eq!(nt.config.original_id, None);
+        assert_eq!(notetype_to_json(&nt)["req"], json!([]));
+
+        let mut v = basic_json();
+        v["did"] = json!(77);
+        v["req"] = json!([{"card_ord": 1, "kind": "all", "field_ords": [0, 1]}]);
+        v["originalId"] = json!(5);
+        let nt = parse(v);
+        assert_eq!(nt.config.target_deck_id_unused, 77);
+        assert_eq!(nt.config.original_id, Some(5));
+        let out = notetype_to_json(&nt);
+        assert_eq!(out["did"], json!(77));
+        assert_eq!(out["req"], json!([[1, "all", [0, 1]]]));
+        assert_eq!(out["originalId"], json!(5));
+    }
+
+    #[test]
+    fn top_level_errors() {
+        for (key, bad) in [
+            ("type", json!(2)),
+            ("mod", json!("5")),
+            ("usn", json!(1.5)),
+            ("sortf", json!(70000)),
+            ("name", json!(null)),
+            ("latexPre", json!(null)),
+            ("originalStockKind", json!("1")),
+            ("originalId", json!("5")),
+            ("flds", json!({})),
+        ] {
+            let mut v = basic_json();
+            v[key] = bad;
+            assert!(notetype_from_json(&v).is_err(), "{key}");
+        }
+        for key in ["id", "did", "css", "tmpls", "sortf"] {
+            let mut v = basic_json();
+            v.as_object_mut().unwrap().remove(key);
+            assert!(notetype_from_json(&v).is_err(), "missing {key}");
+        }
+    }
+
+    #[test]
+    fn field_leniency() {
+        let mut v = basic_json();
+        v["flds"][0] = json!({"name": "Front", "ord": 7, "sticky": "1", "rtl": 0,
+            "font": "Arial", "size": 20, "description": 3, "plainText": 1, "collapsed": 1,
+            "excludeFromSearch": "true", "id": "123", "tag": -1, "preventDeletion": null,
+            "media": []});
+        let nt = parse(v);
+        let f = &nt.fields[0].config;
+        assert!(f.sticky && !f.rtl);
+        assert_eq!(f.description, "");
+        assert!(!f.plain_text && !f.collapsed && !f.exclude_from_search && !f.prevent_deletion);
+        assert_eq!((f.id, f.tag), (None, None));
+        let out = notetype_to_json(&nt);
+        assert_eq!(out["flds"][0]["ord"], json!(0), "ord is the array position");
+        assert_eq!(out["flds"][0]["media"], json!([]), "unknown key kept");
+
+        for (key, bad) in [
+            ("sticky", json!("yes")),
+            ("size", json!(-1)),
+            ("ord", json!("0")),
+        ] {
+            let mut v = basic_json();
+            v["flds"][0][key] = bad;
+            assert!(notetype_from_json(&v).is_err(), "field {key}");
+        }
+        let mut v = basic_json();
+        v["flds"][0]["tag"] = json!(3);
+        assert_eq!(parse(v).fields[0].config.tag, Some(3));
+    }
+
+    #[test]
+    fn template_leniency() {
+        let mut v = basic_json();
+        v["tmpls"][0] = json!({"name": "Card 1", "qfmt": "{{Front}}", "did": -5,
+            "bfont": false, "bsize": 300, "id": 1.5, "extra": {"x": 1}});
+        let nt = parse(v);
+        let t = &nt.templates[0];
+        assert_eq!((t.mtime_secs, t.usn), (0, 0));
+        assert_eq!(t.config.a_format, "");
+        assert_eq!(t.config.target_deck_id, -5, "stored as is");
+        assert_eq!(t.config.browser_font_name, "");
+        assert_eq!(t.config.browser_font_size, 0);
+        assert_eq!(t.config.id, None);
+        let out = notetype_to_json(&nt);
+        assert_eq!(
+            out["tmpls"][0]["did"],
+            Value::Null,
+            "only positive ids are emitted"
+        );
+        assert_eq!(out["tmpls"][0]["extra"], json!({"x": 1}));
+
+        for (key, bad) in [
+            ("afmt", json!(null)),
+            ("qfmt", json!(1)),
+            ("bqfmt", json!(2)),
+        ] {
+            let mut v = basic_json();
+            v["tmpls"][0][key] = bad;
+            assert!(notetype_from_json(&v).is_err(), "template {key}");
+        }
+    }
+
+    #[test]
+    fn output_truncates_like_upstream() {
+        let mut nt = parse(basic_json());
+        nt.fields[0].config.font_size = 65536 + 12;
+        nt.templates[0].config.browser_font_size = 256 + 9;
+        nt.config.sort_field_idx = 65536 + 1;
+        nt.config.kind = 7;
+        let out = notetype_to_json(&nt);
+        assert_eq!(out["flds"][0]["size"], json!(12));
+        assert_eq!(out["tmpls"][0]["bsize"], json!(9));
+        assert_eq!(out["sortf"], json!(1));
+        assert_eq!(out["type"], json!(0));
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_and_reserved_ones_dropped() {
+        let mut v = basic_json();
+        v["vers"] = json!([]);
+        v["tags"] = json!(["a"]);
+        let nt = parse(v.clone());
+        assert_eq!(json::parse_other(&nt.config.other), {
+            let mut o = Obj::new();
+            o.insert("tags".into(), json!(["a"]));
+            o.insert("vers".into(), json!([]));
+            o
+        });
+        assert_eq!(notetype_to_json(&nt), v);
+
+        // A reserved key smuggled into `other` never overrides the real one.
+        let mut nt = parse(basic_json());
+        nt.config.other = br#"{"name":"evil","css":"x","keep":1}"#.to_vec();
+        nt.fields[0].config.other = br#"{"font":"evil","keep":2}"#.to_vec();
+        nt.templates[0].config.other = br#"{"qfmt":"evil"}"#.to_vec();
+        let out = notetype_to_json(&nt);
+        assert_eq!(out["name"], json!("Basic"));
+        assert_eq!(out["keep"], json!(1));
+        assert_eq!(out["flds"][0]["font"], json!("Arial"));
+        assert_eq!(out["flds"][0]["keep"], json!(2));
+        assert_eq!(out["tmpls"][0]["qfmt"], json!("{{Front}}"));
+        nt.config.other = b"garbage".to_vec();
+        assert!(notetype_to_json(&nt).get("keep").is_none());
+    }
+
+    #[test]
+    fn store_load_and_unique_names() {
+        let conn = testutil::conn();
+        let mut a = parse(basic_json());
+        a.usn = 5;
+        store_notetype(&conn, &mut a, 9, 1000).unwrap();
+        assert_eq!((a.name.as_str(), a.mtime_secs, a.usn), ("Basic", 0, 5));
+        assert_eq!(load_notetype(&conn, a.id).unwrap().as_ref(), Some(&a));
+        // Replacing keeps the name and rewrites fields/templates.
+        a.fields.pop();
+        store_notetype(&conn, &mut a, 9, 1000).unwrap();
+        assert_eq!(load_notetype(&conn, a.id).unwrap().unwrap().fields.len(), 1);
+
+        let mut b = parse(basic_json());
+        b.id = 2;
+        b.name = "bASIC".into();
+        store_notetype(&conn, &mut b, 9, 1000).unwrap();
+        assert_eq!((b.name.as_str(), b.mtime_secs, b.usn), ("bASIC+", 1000, 9));
+        let mut c = parse(basic_json());
+        c.id = 3;
+        store_notetype(&conn, &mut c, 9, 1000).unwrap();
+        assert_eq!(c.name, "Basic++");
+        assert_eq!(load_notetype(&conn, 3).unwrap().unwrap().name, "Basic++");
+        assert_eq!(load_notetype(&conn, 4).unwrap(), None);
+
+        assert_eq!(notetype_ids_since(&conn, 6).unwrap(), vec![2, 3]);
+        assert_eq!(notetype_ids_since(&conn, 0).unwrap().len(), 3);
+
+        let ords: Vec<(i64, String)> = conn
+            .prepare("SELECT ord, name FROM fields WHERE ntid = 2 ORDER BY ord")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ords, vec![(0, "Front".into()), (1, "Back".into())]);
+        let kind: String = conn
+            .query_row(
+                "SELECT typeof(config) FROM notetypes WHERE id = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind, "blob");
+    }
+
+    #[test]
+    fn store_refuses_id_zero_and_duplicate_fields_atomically() {
+        let conn = testutil::conn();
+        let mut nt = parse(basic_json());
+        nt.id = 0;
+        assert!(matches!(
+            store_notetype(&conn, &mut nt, 1, 1),
+            Err(ConvertError::Invalid(_))
+        ));
+        let mut nt = parse(basic_json());
+        nt.fields[1].name = "front".into();
+        assert!(matches!(
+            store_notetype(&conn, &mut nt, 1, 1),
+            Err(ConvertError::Db(_))
+        ));
+        assert_eq!(load_notetype(&conn, nt.id).unwrap(), None, "rolled back");
+    }
+}
