@@ -20,12 +20,16 @@ use crate::storage;
 pub const COLLECTION_FILE: &str = "collection.anki2";
 /// Temporary files we create end in this, so start-up can clean leftovers.
 pub const TEMP_SUFFIX: &str = ".tmp";
+/// A normal sync left without a request for this long is rolled back.
+const ABANDONED_SYNC: Duration = Duration::from_secs(30 * 60);
 
 /// Everything guarded by a user's lock.
 pub struct UserState {
     dir: PathBuf,
     col: Option<Connection>,
     last_used: Instant,
+    /// The normal sync in progress, if any; its transaction is open on `col`.
+    sync: Option<SyncState>,
 }
 
 pub type UserGuard<'a> = MutexGuard<'a, UserState>;
@@ -57,9 +61,44 @@ impl UserState {
         }
     }
 
+    /// The open collection together with the sync state, for the normal
+    /// sync handlers (opening the collection if needed).
+    pub fn sync_parts(&mut self) -> rusqlite::Result<(&mut Connection, &mut Option<SyncState>)> {
+        self.collection()?;
+        match self.col.as_mut() {
+            Some(col) => Ok((col, &mut self.sync)),
+            None => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+
+    /// Ends any normal sync in progress, rolling back what it applied.
+    /// `meta`, full upload/download, `abort` and a new `start` all do this.
+    pub fn abort_sync(&mut self) {
+        if self.sync.take().is_some() {
+            if let Some(col) = &self.col {
+                if let Err(e) = col.execute_batch("rollback") {
+                    warn!(
+                        "rolling back an abandoned sync in {}: {e}",
+                        self.dir.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drops the sync state after its transaction was committed.
+    pub fn forget_sync(&mut self) {
+        self.sync = None;
+    }
+
+    pub fn sync_active(&self) -> bool {
+        self.sync.is_some()
+    }
+
     /// Closes the connection (SQLite checkpoints and removes the WAL when the
     /// last connection closes).
     pub fn close_collection(&mut self) {
+        self.abort_sync();
         if let Some(col) = self.col.take() {
             if let Err((_, e)) = col.close() {
                 warn!("closing collection in {}: {e}", self.dir.display());
@@ -87,6 +126,8 @@ impl UserSlot {
             Err(poisoned) => {
                 warn!("user {}: recovering after a failed request", self.name);
                 let mut guard = poisoned.into_inner();
+                // Dropping the connection rolls back any open transaction.
+                guard.sync = None;
                 guard.col = None;
                 self.state.clear_poison();
                 guard
@@ -117,6 +158,7 @@ impl UserStore {
                         dir,
                         col: None,
                         last_used: Instant::now(),
+                        sync: None,
                     }),
                 },
             );
@@ -132,7 +174,13 @@ impl UserStore {
     pub fn close_idle(&self, idle: Duration) {
         for slot in self.slots.values() {
             if let Ok(mut state) = slot.state.try_lock() {
-                if state.is_open() && state.last_used.elapsed() >= idle {
+                let unused = state.last_used.elapsed();
+                // A sync abandoned mid-way (client crashed) is rolled back
+                // after a while; an idle collection is simply closed.
+                if state.sync_active() && unused < ABANDONED_SYNC {
+                    continue;
+                }
+                if state.is_open() && unused >= idle {
                     state.close_collection();
                 }
             }

@@ -1,8 +1,14 @@
 //! The collection-sync protocol (`/sync/*` after login): `meta` and full
 //! upload/download here; normal sync builds on the same per-user state.
 
+pub mod changes;
+pub mod chunks;
 pub mod full;
+pub mod graves;
 pub mod meta;
+pub mod notetext;
+pub mod sanity;
+pub mod state;
 
 use std::fmt;
 

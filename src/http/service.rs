@@ -18,8 +18,13 @@ use super::framing::{self, BodyLimits, FramingError, SYNC_VERSION_ZSTD, SyncHead
 use super::route::{Route, SyncMethod, Verb, route};
 use crate::auth::Users;
 use crate::collection::SyncError;
+use crate::collection::changes::{self, ApplyChangesRequest};
+use crate::collection::chunks::{self, ApplyChunkRequest};
 use crate::collection::full::{self, ReceiveError};
+use crate::collection::graves::{self, ApplyGravesRequest, StartRequest};
 use crate::collection::meta::{self, MetaContext, MetaRequest};
+use crate::collection::sanity::{self, SanityRequest};
+use crate::collection::state;
 use crate::config::Config;
 use crate::user::{UserSlot, UserStore, now_millis};
 
@@ -43,6 +48,17 @@ pub(super) enum Reply<'s> {
         len: u64,
         _hold: Box<dyn Held + 's>,
     },
+}
+
+fn json_reply<'s, T: serde::Serialize>(value: &T) -> Result<Reply<'s>, HandlerError> {
+    Ok(Reply::Bytes(
+        serde_json::to_vec(value).map_err(SyncError::from)?,
+    ))
+}
+
+/// The answer of methods that return nothing.
+fn json_null<'s>() -> Reply<'s> {
+    Reply::Bytes(b"null".to_vec())
 }
 
 /// Anything kept alive while a reply is sent (lock guards, temp files).
@@ -214,6 +230,8 @@ impl Service {
             SyncMethod::Meta => {
                 let req: MetaRequest = body.json()?;
                 let mut state = slot.lock();
+                // A status check from any device ends a sync in progress, as upstream.
+                state.abort_sync();
                 let file_size = std::fs::metadata(state.collection_path())
                     .map(|m| m.len())
                     .unwrap_or(0);
@@ -230,7 +248,11 @@ impl Service {
                 ))
             }
             SyncMethod::Upload => {
-                let dir = slot.lock().dir().to_path_buf();
+                let dir = {
+                    let mut user = slot.lock();
+                    user.abort_sync();
+                    user.dir().to_path_buf()
+                };
                 let temp = match full::receive(&dir, &mut body.decoded()?) {
                     Ok(temp) => temp,
                     Err(ReceiveError::Body(e)) => {
@@ -257,6 +279,7 @@ impl Service {
             }
             SyncMethod::Download => {
                 body.discard()?;
+                slot.lock().abort_sync();
                 if header.version < SYNC_VERSION_ZSTD {
                     return Err(SyncError::BadRequest(
                         "schema-11 downloads for clients before 2.1.57 are not supported yet"
@@ -274,13 +297,71 @@ impl Service {
             }
             SyncMethod::Abort => {
                 body.discard()?;
-                Ok(Reply::Bytes(b"null".to_vec()))
+                slot.lock().abort_sync();
+                Ok(json_null())
             }
-            other => Err(SyncError::Internal(format!(
-                "{} (normal sync) is not implemented yet",
-                other.name()
-            ))
-            .into()),
+            SyncMethod::Start => {
+                let req: StartRequest = body.json()?;
+                let mut user = slot.lock();
+                state::begin(&mut user, &header.session, req.min_usn, req.lnewer)?;
+                let answer = state::step(&mut user, &header.session, |col, st| {
+                    // Ours first: the client's legacy graves must not echo back.
+                    let ours = graves::since(col, st.client_usn)?;
+                    if let Some(theirs) = &req.graves {
+                        graves::apply(col, theirs, st.server_usn)?;
+                    }
+                    Ok(ours)
+                })?;
+                json_reply(&answer)
+            }
+            SyncMethod::ApplyGraves => {
+                let req: ApplyGravesRequest = body.json()?;
+                state::step(&mut slot.lock(), &header.session, |col, st| {
+                    graves::apply(col, &req.chunk, st.server_usn)
+                })?;
+                Ok(json_null())
+            }
+            SyncMethod::ApplyChanges => {
+                let req: ApplyChangesRequest = body.json()?;
+                let answer = state::step(&mut slot.lock(), &header.session, |col, st| {
+                    changes::exchange(col, st, req.changes, now_millis() / 1000)
+                })?;
+                json_reply(&answer)
+            }
+            SyncMethod::Chunk => {
+                body.discard()?;
+                let chunk = state::step(&mut slot.lock(), &header.session, |col, st| {
+                    chunks::next(col, st)
+                })?;
+                json_reply(&chunk)
+            }
+            SyncMethod::ApplyChunk => {
+                let req: ApplyChunkRequest = body.json()?;
+                state::step(&mut slot.lock(), &header.session, |col, st| {
+                    chunks::apply(col, st, &req.chunk)
+                })?;
+                Ok(json_null())
+            }
+            SyncMethod::SanityCheck2 => {
+                let req: SanityRequest = body.json()?;
+                let mut user = slot.lock();
+                let answer = state::step(&mut user, &header.session, |col, _| {
+                    sanity::check(col, req.client)
+                })?;
+                if answer.status != "ok" {
+                    warn!("user {name}: sanity check failed, sync rolled back: {answer:?}");
+                    user.abort_sync();
+                }
+                json_reply(&answer)
+            }
+            SyncMethod::Finish => {
+                body.discard()?;
+                let now = state::finish(&mut slot.lock(), &header.session, now_millis())?;
+                json_reply(&now)
+            }
+            SyncMethod::HostKey => {
+                Err(SyncError::Internal("login is handled before authentication".into()).into())
+            }
         }
     }
 

@@ -352,6 +352,32 @@ def cmd_count(args: argparse.Namespace) -> Any:
     return with_collection(args.path, table_counts)
 
 
+# ---------------------------------------------------------------- run
+
+
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios")
+
+
+def cmd_run(args: argparse.Namespace) -> Any:
+    """Runs tests/client/scenarios/NAME.py against the collection. The script
+    sees `col`, `args` (the --arg KEY=VALUE pairs) and this module's helpers,
+    and may set `result` to what should be printed."""
+    script = os.path.join(SCENARIOS, args.script + ".py")
+    if not os.path.exists(script):
+        raise Failure(f"no scenario {args.script!r} in {SCENARIOS}")
+    params = dict(pair.split("=", 1) for pair in args.arg)
+    with open(script, encoding="utf-8") as f:
+        code = compile(f.read(), script, "exec")
+
+    def run(col: Collection) -> Any:
+        scope = dict(globals())
+        scope.update(col=col, args=params, result=None)
+        exec(code, scope)
+        return scope["result"]
+
+    return with_collection(args.path, run)
+
+
 # ---------------------------------------------------------------- schema11-dump
 
 
@@ -533,6 +559,9 @@ def parser() -> argparse.ArgumentParser:
     command("sync", cmd_sync, server=True)
     command("full-upload", cmd_full_upload, server=True)
     command("full-download", cmd_full_download, server=True)
+    p = command("run", cmd_run)
+    p.add_argument("--script", required=True)
+    p.add_argument("--arg", action="append", default=[], help="KEY=VALUE passed to the script")
     command("dump", cmd_dump)
     command("count", cmd_count)
     command("schema11-dump", cmd_schema11_dump)

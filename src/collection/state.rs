@@ -1,0 +1,213 @@
+//! The state of one user's normal sync between `start` and `finish`: who
+//! owns it (the session key), the usns that decide what is sent, and the
+//! ids still to be sent in chunks. Everything the sync applies happens in one
+//! SQLite transaction on the user's connection, so nothing is half-applied:
+//! `finish` commits, and `abort`, an error, or a newer `start`/`meta` rolls
+//! back.
+
+use rusqlite::Connection;
+
+use super::SyncError;
+use crate::user::UserState;
+
+pub struct SyncState {
+    /// Session key of the client that called `start`.
+    pub session: String,
+    /// `col.usn` at `start`; everything applied in this sync gets it.
+    pub server_usn: i32,
+    /// The client's `minUsn`: rows with `usn >= client_usn` are sent.
+    pub client_usn: i32,
+    /// The client's collection is newer (`lnewer`): it sends the config.
+    pub client_is_newer: bool,
+    /// Ids still to send, taken at the first `chunk` call.
+    pub pending: Option<PendingIds>,
+}
+
+/// Ids of changed rows not yet sent to the client, popped from the end.
+#[derive(Debug, Default)]
+pub struct PendingIds {
+    pub revlog: Vec<i64>,
+    pub cards: Vec<i64>,
+    pub notes: Vec<i64>,
+}
+
+/// Starts a sync for `session`, discarding (rolling back) any earlier one,
+/// whoever owned it.
+pub fn begin<'a>(
+    user: &'a mut UserState,
+    session: &str,
+    client_usn: i32,
+    client_is_newer: bool,
+) -> Result<(&'a mut Connection, &'a mut SyncState), SyncError> {
+    if session.is_empty() {
+        return Err(SyncError::BadRequest("missing session key".into()));
+    }
+    user.abort_sync();
+    let (col, slot) = user.sync_parts()?;
+    col.execute_batch("begin immediate")?;
+    let server_usn = match col.query_row("select usn from col", [], |r| r.get(0)) {
+        Ok(usn) => usn,
+        Err(e) => {
+            let _ = col.execute_batch("rollback");
+            return Err(e.into());
+        }
+    };
+    let state = slot.insert(SyncState {
+        session: session.to_string(),
+        server_usn,
+        client_usn,
+        client_is_newer,
+        pending: None,
+    });
+    Ok((col, state))
+}
+
+/// The sync owned by `session`, or 409 (none active, or another session's).
+pub fn active<'a>(
+    user: &'a mut UserState,
+    session: &str,
+) -> Result<(&'a mut Connection, &'a mut SyncState), SyncError> {
+    if session.is_empty() {
+        return Err(SyncError::BadRequest("missing session key".into()));
+    }
+    let (col, slot) = user.sync_parts()?;
+    match slot.as_mut() {
+        None => Err(SyncError::Conflict("no active sync".into())),
+        Some(state) if state.session != session => Err(SyncError::Conflict(
+            "active sync with a different session key".into(),
+        )),
+        Some(state) => Ok((col, state)),
+    }
+}
+
+/// Runs one step of the sync owned by `session`. If the step fails, the
+/// whole sync is rolled back and discarded, as upstream does, so the client
+/// (which then sends `abort`) and the server agree nothing was applied.
+pub fn step<T>(
+    user: &mut UserState,
+    session: &str,
+    f: impl FnOnce(&mut Connection, &mut SyncState) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    let (col, state) = active(user, session)?;
+    match f(col, state) {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            user.abort_sync();
+            Err(e)
+        }
+    }
+}
+
+/// Commits the sync: `ls` = now, `usn` + 1, `mod` = now, all in the sync's
+/// transaction. Returns `now` (ms), which the client stores as its `mod`.
+pub fn finish(user: &mut UserState, session: &str, now_ms: i64) -> Result<i64, SyncError> {
+    step(user, session, |col, _| {
+        col.execute("update col set ls = ?1, mod = ?1, usn = usn + 1", [now_ms])?;
+        col.execute_batch("commit")?;
+        Ok(now_ms)
+    })?;
+    // Committed: the state is over, nothing to roll back.
+    user.forget_sync();
+    Ok(now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user::UserStore;
+
+    fn store() -> (tempfile::TempDir, UserStore) {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        (base, store)
+    }
+
+    fn usn(user: &mut UserState) -> i32 {
+        user.collection()
+            .unwrap()
+            .query_row("select usn from col", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn session_keys_decide_who_may_continue() {
+        let (_base, store) = store();
+        let mut user = store.slot("u").unwrap().lock();
+        assert!(matches!(
+            begin(&mut user, "", 0, false),
+            Err(SyncError::BadRequest(_))
+        ));
+        assert!(matches!(
+            active(&mut user, "s1"),
+            Err(SyncError::Conflict(_))
+        ));
+        begin(&mut user, "s1", 0, false).unwrap();
+        assert!(active(&mut user, "s1").is_ok());
+        assert!(matches!(
+            active(&mut user, "s2"),
+            Err(SyncError::Conflict(_))
+        ));
+        assert!(matches!(
+            active(&mut user, ""),
+            Err(SyncError::BadRequest(_))
+        ));
+        // A second start replaces the first.
+        begin(&mut user, "s2", 0, false).unwrap();
+        assert!(matches!(
+            active(&mut user, "s1"),
+            Err(SyncError::Conflict(_))
+        ));
+        assert!(active(&mut user, "s2").is_ok());
+        // abort ends it whatever the key.
+        user.abort_sync();
+        assert!(matches!(
+            active(&mut user, "s2"),
+            Err(SyncError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_step_rolls_back_everything() {
+        let (_base, store) = store();
+        let mut user = store.slot("u").unwrap().lock();
+        let before = usn(&mut user);
+        begin(&mut user, "s", 0, false).unwrap();
+        step(&mut user, "s", |col, _| {
+            col.execute("update col set usn = 99", [])?;
+            Ok(())
+        })
+        .unwrap();
+        let failed: Result<(), SyncError> = step(&mut user, "s", |_, _| {
+            Err(SyncError::BadRequest("bad note".into()))
+        });
+        assert!(failed.is_err());
+        assert!(matches!(
+            active(&mut user, "s"),
+            Err(SyncError::Conflict(_))
+        ));
+        assert_eq!(usn(&mut user), before);
+    }
+
+    #[test]
+    fn finish_commits_and_bumps_usn() {
+        let (_base, store) = store();
+        let mut user = store.slot("u").unwrap().lock();
+        let before = usn(&mut user);
+        begin(&mut user, "s", 0, true).unwrap();
+        assert_eq!(
+            finish(&mut user, "s", 1_700_000_000_123).unwrap(),
+            1_700_000_000_123
+        );
+        assert!(!user.sync_active());
+        user.close_collection();
+        let (m, ls): (i64, i64) = user
+            .collection()
+            .unwrap()
+            .query_row("select mod, ls from col", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((m, ls), (1_700_000_000_123, 1_700_000_000_123));
+        assert_eq!(usn(&mut user), before + 1);
+    }
+}

@@ -1,0 +1,2 @@
+# Creates deck `name` and prints its id.
+result = col.decks.id(args["name"])

@@ -1,0 +1,322 @@
+//! Normal (incremental) sync with the real Anki client (issue 3): two devices
+//! change things, sync through our server, and must end up holding exactly
+//! the same content.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Account, Server, client_ok};
+
+struct Devices {
+    _dir: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Device A with `notes` notes full-uploads; device B full-downloads.
+fn two_devices(account: &Account<'_>, notes: u64) -> Devices {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.anki2");
+    let b = dir.path().join("b.anki2");
+    client_ok(&[
+        "make",
+        "--path",
+        path_str(&a),
+        "--notes",
+        &notes.to_string(),
+    ]);
+    assert_eq!(account.sync(&a), "FULL_UPLOAD");
+    account.run("full-upload", Some(&a)).unwrap();
+    assert_eq!(account.sync(&b), "FULL_DOWNLOAD");
+    account.run("full-download", Some(&b)).unwrap();
+    Devices { _dir: dir, a, b }
+}
+
+fn run(path: &Path, script: &str, args: &[&str]) -> Value {
+    let mut argv = vec!["run", "--path", path_str(path), "--script", script];
+    for arg in args {
+        argv.extend(["--arg", arg]);
+    }
+    client_ok(&argv)
+}
+
+fn dump(path: &Path) -> Value {
+    client_ok(&["dump", "--path", path_str(path)])
+}
+
+/// The first place where two JSON values differ, as a path.
+fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys()) {
+                let (l, r) = (
+                    x.get(key).unwrap_or(&Value::Null),
+                    y.get(key).unwrap_or(&Value::Null),
+                );
+                if let Some(d) = first_difference(&format!("{path}.{key}"), l, r) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (l, r))| first_difference(&format!("{path}[{i}]"), l, r)),
+        _ if a == b || legitimately_local(path) => None,
+        _ => Some(format!("{path}:\n  A: {a:.300}\n  B: {b:.300}")),
+    }
+}
+
+/// Values that differ between devices by design: a client that receives the
+/// config stamps each config row with its own time and usn (the values
+/// themselves are compared under `config`), and each device's graves are its
+/// own deletion log, stamped with the usn of the sync that recorded them. A
+/// tag a device registers itself (from a note it received) carries that
+/// device's usn. All three show the same differences against the official
+/// server (`ANKI_SYNC_TEST_SERVER=official`).
+fn legitimately_local(path: &str) -> bool {
+    (path.starts_with("dump.tables.config[")
+        && (path.ends_with(".mtime_secs") || path.ends_with(".usn")))
+        || (path.starts_with("dump.tables.graves[") && path.ends_with(".usn"))
+        || (path.starts_with("dump.tables.tags[") && path.ends_with(".usn"))
+}
+
+/// Two devices hold the same content.
+fn assert_same(a: &Value, b: &Value) {
+    if let Some(diff) = first_difference("dump", a, b) {
+        panic!("devices differ at {diff}");
+    }
+}
+
+fn users() -> [(&'static str, &'static str); 1] {
+    [("user", "pass")]
+}
+
+#[test]
+fn changes_flow_both_ways_and_devices_converge() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 200);
+
+    let a_did = run(&d.a, "a_changes", &[]);
+    assert_eq!(a_did["reviewed"], 10);
+    assert_eq!(account.sync(&d.a), "NO_CHANGES");
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    let (da, db) = (dump(&d.a), dump(&d.b));
+    assert_same(&da, &db);
+    // What A did really arrived (not two unchanged copies).
+    let notetypes = db["notetypes"].as_array().unwrap();
+    let three = notetypes
+        .iter()
+        .find(|n| n["name"] == "Three fields")
+        .expect("new notetype on B");
+    assert_eq!(three["flds"].as_array().unwrap().len(), 3);
+    assert_eq!(three["tmpls"].as_array().unwrap().len(), 2);
+    assert_eq!(three["css"], ".card { color: green; }");
+    assert!(
+        db["decks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "Filtered on A" && d["dyn"] == 1)
+    );
+    assert_eq!(db["config"]["liteScenarioValue"]["from"], "A");
+    let default_conf = db["deck_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == 1)
+        .unwrap();
+    assert_eq!(default_conf["new"]["perDay"], 33);
+    assert!(
+        db["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tagged_on_a")
+    );
+    assert_eq!(db["notes"].as_array().unwrap().len(), 200 + 50 - 3 + 1);
+
+    // Then B changes things and A receives them.
+    run(&d.b, "b_changes", &[]);
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    assert_eq!(account.sync(&d.a), "NO_CHANGES");
+    let (da, db) = (dump(&d.a), dump(&d.b));
+    assert_same(&da, &db);
+    assert_eq!(da["config"]["liteScenarioValue"]["from"], "B");
+    assert!(
+        da["decks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "Added on B")
+    );
+    assert!(
+        !da["decks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "Sync scenario::Child from A")
+    );
+    // Nothing left to do on either side.
+    assert_eq!(account.sync(&d.a), "NO_CHANGES");
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+}
+
+#[test]
+fn the_newer_edit_of_a_note_wins_on_both_devices() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 20);
+    let nid = run(&d.a, "edit_first_field", &["text=edited on A"])["nid"].to_string();
+    // Edits are compared in whole seconds: make B's strictly newer.
+    std::thread::sleep(Duration::from_millis(1100));
+    run(
+        &d.b,
+        "edit_first_field",
+        &[&format!("nid={nid}"), "text=edited on B, later"],
+    );
+    for _ in 0..2 {
+        account.sync(&d.a);
+        account.sync(&d.b);
+    }
+    for path in [&d.a, &d.b] {
+        assert_eq!(
+            run(path, "field_of", &[&format!("nid={nid}")]),
+            "edited on B, later"
+        );
+    }
+    assert_same(&dump(&d.a), &dump(&d.b));
+}
+
+#[test]
+fn deletions_propagate_both_ways() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 30);
+    for (from, to, tag) in [(&d.a, &d.b, "A"), (&d.b, &d.a, "B")] {
+        let deck_name = format!("name=Doomed {tag}");
+        run(from, "make_deck", &[&deck_name]);
+        account.sync(from);
+        account.sync(to);
+        let deleted = run(from, "delete_some", &[&format!("deck=Doomed {tag}")]);
+        let notes: Vec<String> = deleted["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        let query = [
+            format!("notes={}", notes.join(",")),
+            format!("cards={}", deleted["card"]),
+            format!("decks={}", deleted["deck"]),
+        ];
+        let query: Vec<&str> = query.iter().map(String::as_str).collect();
+        let before = run(to, "ids", &query);
+        assert_eq!(before["notes"].as_array().unwrap().len(), 2, "{before}");
+        assert_eq!(before["decks"].as_array().unwrap().len(), 1, "{before}");
+        assert_eq!(account.sync(from), "NO_CHANGES");
+        assert_eq!(account.sync(to), "NO_CHANGES");
+        let after = run(to, "ids", &query);
+        assert_eq!(
+            after,
+            serde_json::json!({"notes": [], "cards": [], "decks": []}),
+            "deleted on {tag}"
+        );
+    }
+    assert_same(&dump(&d.a), &dump(&d.b));
+}
+
+#[test]
+fn a_schema_change_needs_a_full_sync_which_then_works() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 20);
+    run(&d.a, "add_field", &[]);
+    assert_eq!(account.sync(&d.a), "FULL_SYNC");
+    account.run("full-upload", Some(&d.a)).unwrap();
+    assert_eq!(account.sync(&d.b), "FULL_SYNC");
+    account.run("full-download", Some(&d.b)).unwrap();
+    let db = dump(&d.b);
+    let basic = db["notetypes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "Basic")
+        .unwrap();
+    assert_eq!(basic["flds"].as_array().unwrap().len(), 3);
+    assert_same(&dump(&d.a), &db);
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+}
+
+#[test]
+fn five_thousand_new_notes_in_one_sync() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 10);
+    client_ok(&[
+        "add-notes",
+        "--path",
+        path_str(&d.a),
+        "--notes",
+        "5000",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(account.sync(&d.a), "NO_CHANGES");
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    let db = dump(&d.b);
+    assert_eq!(db["notes"].as_array().unwrap().len(), 5010);
+    assert_same(&dump(&d.a), &db);
+}
+
+#[test]
+fn one_note_change_on_a_50000_note_collection() {
+    let server = Server::start(&users(), &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let d = two_devices(&account, 50_000);
+    let nid = run(&d.a, "edit_first_field", &["text=one small change"])["nid"].to_string();
+    let started = Instant::now();
+    assert_eq!(account.sync(&d.a), "NO_CHANGES");
+    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    eprintln!("two normal syncs on 50k notes took {:?}", started.elapsed());
+    assert_eq!(
+        run(&d.b, "field_of", &[&format!("nid={nid}")]),
+        "one small change"
+    );
+    let counts = client_ok(&["count", "--path", path_str(&d.b)]);
+    assert_eq!(counts["notes"], 50_000);
+}
