@@ -10,5 +10,6 @@ pub mod cli;
 pub mod collection;
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod storage;
 pub mod user;

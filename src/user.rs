@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use rusqlite::Connection;
 
+use crate::media::MediaSlot;
 use crate::storage;
 
 /// File name of a user's collection, as the official server names it.
@@ -114,6 +115,9 @@ impl UserState {
 pub struct UserSlot {
     pub name: String,
     state: Mutex<UserState>,
+    /// Media store with its own lock, so media and collection syncs of one
+    /// user never wait for or disturb each other.
+    pub media: MediaSlot,
 }
 
 impl UserSlot {
@@ -150,10 +154,12 @@ impl UserStore {
             let dir = base.join(name);
             fs::create_dir_all(dir.join("media"))?;
             remove_leftover_temp_files(&dir);
+            let media = MediaSlot::open(&dir)?;
             slots.insert(
                 name.to_string(),
                 UserSlot {
                     name: name.to_string(),
+                    media,
                     state: Mutex::new(UserState {
                         dir,
                         col: None,

@@ -1,0 +1,606 @@
+//! Just enough PKZIP for media sync, streaming in both directions.
+//!
+//! Reading: upload zips are spooled to disk first, so the reader works from
+//! the central directory (the one reliable source of sizes and CRCs, also for
+//! entries written with data descriptors) and hands out one bounded entry
+//! stream at a time. Each stream fails unless it yields exactly the declared
+//! size with the declared CRC, so a lying header or a deflate bomb is caught
+//! after at most one byte too many. Stored and Deflate are supported, as the
+//! official client and server; no zip64, no encryption.
+//!
+//! Writing: download zips use Stored entries written straight from the
+//! source file; the CRC and sizes are patched into the local header after
+//! the data, so nothing is read twice or held in memory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use flate2::Crc;
+use flate2::read::DeflateDecoder;
+
+const LOCAL_SIG: u32 = 0x0403_4b50;
+const CENTRAL_SIG: u32 = 0x0201_4b50;
+const END_SIG: u32 = 0x0605_4b50;
+const LOCAL_LEN: u64 = 30;
+const CENTRAL_LEN: usize = 46;
+const END_LEN: usize = 22;
+const STORED: u16 = 0;
+const DEFLATE: u16 = 8;
+/// Bigger central directories are refused: a media zip holds at most 26
+/// entries, so this leaves ample room while bounding memory.
+const MAX_CENTRAL_BYTES: u64 = 1024 * 1024;
+/// A fixed DOS date (1980-01-01): clients ignore entry times.
+const DOS_DATE: u16 = 0x0021;
+
+/// Why a zip could not be read.
+#[derive(Debug)]
+pub enum ZipError {
+    /// Not a zip we accept (truncated, corrupt, zip64, encrypted, ...): 400.
+    Malformed(String),
+    /// Reading our own spool file failed: 500.
+    Io(io::Error),
+}
+
+impl fmt::Display for ZipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZipError::Malformed(m) => write!(f, "malformed zip: {m}"),
+            ZipError::Io(e) => write!(f, "reading zip: {e}"),
+        }
+    }
+}
+
+impl ZipError {
+    /// Sorts an error met while streaming an entry: data errors mean a bad
+    /// zip, anything else is our disk.
+    pub fn from_entry_read(err: io::Error) -> ZipError {
+        match err.kind() {
+            io::ErrorKind::InvalidData
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::UnexpectedEof => ZipError::Malformed(err.to_string()),
+            _ => ZipError::Io(err),
+        }
+    }
+}
+
+fn malformed(what: &str) -> ZipError {
+    ZipError::Malformed(what.to_string())
+}
+
+/// One entry as the central directory describes it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    method: u16,
+    crc: u32,
+    compressed: u64,
+    /// Declared uncompressed size.
+    pub size: u64,
+    header_offset: u64,
+}
+
+/// A zip read from a seekable source (the spooled upload).
+pub struct ZipReader<R> {
+    inner: R,
+    entries: HashMap<String, Entry>,
+    central_offset: u64,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl<R: Read + Seek> ZipReader<R> {
+    /// Reads the central directory. Entry names must be unique.
+    pub fn open(mut inner: R) -> Result<Self, ZipError> {
+        let len = inner.seek(SeekFrom::End(0)).map_err(ZipError::Io)?;
+        if len < END_LEN as u64 {
+            return Err(malformed("too short for a zip"));
+        }
+        // The end record is followed only by its comment (at most 64 KiB).
+        let tail_len = len.min(END_LEN as u64 + 0xFFFF);
+        let mut tail = vec![0u8; tail_len as usize];
+        inner
+            .seek(SeekFrom::Start(len - tail_len))
+            .map_err(ZipError::Io)?;
+        inner.read_exact(&mut tail).map_err(ZipError::Io)?;
+        let end = (0..=tail.len() - END_LEN)
+            .rev()
+            .find(|&i| {
+                u32_at(&tail, i) == END_SIG
+                    && i + END_LEN + usize::from(u16_at(&tail, i + 20)) == tail.len()
+            })
+            .ok_or_else(|| malformed("no end of central directory record"))?;
+        let record = &tail[end..end + END_LEN];
+        let (disk, central_disk) = (u16_at(record, 4), u16_at(record, 6));
+        let (on_disk, total) = (u16_at(record, 8), u16_at(record, 10));
+        let central_len = u64::from(u32_at(record, 12));
+        let central_offset = u64::from(u32_at(record, 16));
+        if total == 0xFFFF || central_len == 0xFFFF_FFFF || central_offset == 0xFFFF_FFFF {
+            return Err(malformed("zip64 is not supported"));
+        }
+        if disk != 0 || central_disk != 0 || on_disk != total {
+            return Err(malformed("multi-disk zip"));
+        }
+        let end_offset = len - tail_len + end as u64;
+        if central_offset + central_len > end_offset {
+            return Err(malformed("central directory outside the file"));
+        }
+        if central_len > MAX_CENTRAL_BYTES {
+            return Err(malformed("central directory too large"));
+        }
+        let mut central = vec![0u8; central_len as usize];
+        inner
+            .seek(SeekFrom::Start(central_offset))
+            .map_err(ZipError::Io)?;
+        inner.read_exact(&mut central).map_err(ZipError::Io)?;
+
+        let mut entries = HashMap::new();
+        let mut at = 0usize;
+        for _ in 0..total {
+            let fixed = central
+                .get(at..at + CENTRAL_LEN)
+                .ok_or_else(|| malformed("central directory cut short"))?;
+            if u32_at(fixed, 0) != CENTRAL_SIG {
+                return Err(malformed("bad central directory entry"));
+            }
+            let flags = u16_at(fixed, 8);
+            let method = u16_at(fixed, 10);
+            let crc = u32_at(fixed, 16);
+            let compressed = u64::from(u32_at(fixed, 20));
+            let size = u64::from(u32_at(fixed, 24));
+            let name_len = usize::from(u16_at(fixed, 28));
+            let skip = usize::from(u16_at(fixed, 30)) + usize::from(u16_at(fixed, 32));
+            let header_offset = u64::from(u32_at(fixed, 42));
+            let name = central
+                .get(at + CENTRAL_LEN..at + CENTRAL_LEN + name_len)
+                .ok_or_else(|| malformed("central directory cut short"))?;
+            let name = String::from_utf8_lossy(name).into_owned();
+            at += CENTRAL_LEN + name_len + skip;
+            if flags & 1 != 0 {
+                return Err(malformed("encrypted entry"));
+            }
+            if compressed == 0xFFFF_FFFF || size == 0xFFFF_FFFF || header_offset == 0xFFFF_FFFF {
+                return Err(malformed("zip64 is not supported"));
+            }
+            if method != STORED && method != DEFLATE {
+                return Err(ZipError::Malformed(format!(
+                    "entry {name:?}: compression method {method}"
+                )));
+            }
+            if method == STORED && compressed != size {
+                return Err(ZipError::Malformed(format!(
+                    "entry {name:?}: stored sizes differ"
+                )));
+            }
+            let entry = Entry {
+                name: name.clone(),
+                method,
+                crc,
+                compressed,
+                size,
+                header_offset,
+            };
+            if entries.insert(name.clone(), entry).is_some() {
+                return Err(ZipError::Malformed(format!("entry {name:?} appears twice")));
+            }
+        }
+        Ok(ZipReader {
+            inner,
+            entries,
+            central_offset,
+        })
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    /// A stream of the entry's content that errors (kind `InvalidData`)
+    /// unless it is exactly the declared size with the declared CRC.
+    pub fn read_entry(&mut self, entry: &Entry) -> Result<EntryReader<'_>, ZipError> {
+        let mut local = [0u8; LOCAL_LEN as usize];
+        self.inner
+            .seek(SeekFrom::Start(entry.header_offset))
+            .map_err(ZipError::Io)?;
+        self.inner
+            .read_exact(&mut local)
+            .map_err(ZipError::from_entry_read)?;
+        if u32_at(&local, 0) != LOCAL_SIG {
+            return Err(ZipError::Malformed(format!(
+                "entry {:?}: bad local header",
+                entry.name
+            )));
+        }
+        let data_start = entry.header_offset
+            + LOCAL_LEN
+            + u64::from(u16_at(&local, 26))
+            + u64::from(u16_at(&local, 28));
+        if data_start + entry.compressed > self.central_offset {
+            return Err(ZipError::Malformed(format!(
+                "entry {:?}: data runs into the central directory",
+                entry.name
+            )));
+        }
+        self.inner
+            .seek(SeekFrom::Start(data_start))
+            .map_err(ZipError::Io)?;
+        let raw = Read::take(&mut self.inner, entry.compressed);
+        let source: Box<dyn Read + '_> = match entry.method {
+            DEFLATE => Box::new(DeflateDecoder::new(raw)),
+            _ => Box::new(raw),
+        };
+        Ok(EntryReader {
+            source,
+            expected_size: entry.size,
+            expected_crc: entry.crc,
+            count: 0,
+            crc: Crc::new(),
+        })
+    }
+}
+
+/// See [`ZipReader::read_entry`].
+pub struct EntryReader<'a> {
+    source: Box<dyn Read + 'a>,
+    expected_size: u64,
+    expected_crc: u32,
+    count: u64,
+    crc: Crc,
+}
+
+impl Read for EntryReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Never ask for more than one byte past the declared size.
+        let room = (self.expected_size - self.count.min(self.expected_size)) + 1;
+        let max = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.source.read(&mut buf[..max])?;
+        if n == 0 {
+            if self.count != self.expected_size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "entry shorter than declared",
+                ));
+            }
+            if self.crc.sum() != self.expected_crc {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "CRC mismatch"));
+            }
+            return Ok(0);
+        }
+        self.count += n as u64;
+        if self.count > self.expected_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "entry longer than declared",
+            ));
+        }
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes a zip of Stored entries to a seekable sink, one entry at a time.
+pub struct ZipWriter<W> {
+    out: W,
+    offset: u64,
+    central: Vec<u8>,
+    count: u16,
+}
+
+fn small(value: u64, what: &str) -> io::Result<u32> {
+    u32::try_from(value).map_err(|_| io::Error::other(format!("{what} needs zip64")))
+}
+
+impl<W: Write + Seek> ZipWriter<W> {
+    /// `out` must be positioned at its start.
+    pub fn new(out: W) -> Self {
+        ZipWriter {
+            out,
+            offset: 0,
+            central: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Copies `data` into a new Stored entry; returns its size.
+    pub fn add(&mut self, name: &str, data: &mut dyn Read) -> io::Result<u64> {
+        let header_offset = small(self.offset, "zip")?;
+        let name_len = u16::try_from(name.len()).map_err(io::Error::other)?;
+        self.count = self
+            .count
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("too many zip entries"))?;
+        let mut local = Vec::with_capacity(LOCAL_LEN as usize + name.len());
+        local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
+        local.extend_from_slice(&10u16.to_le_bytes()); // version needed: 1.0
+        local.extend_from_slice(&0u16.to_le_bytes()); // flags
+        local.extend_from_slice(&STORED.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes()); // time
+        local.extend_from_slice(&DOS_DATE.to_le_bytes());
+        local.extend_from_slice(&[0u8; 12]); // CRC and sizes, patched below
+        local.extend_from_slice(&name_len.to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes()); // extra
+        local.extend_from_slice(name.as_bytes());
+        self.out.write_all(&local)?;
+
+        let mut crc = Crc::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            crc.update(&buf[..n]);
+            self.out.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+        let size32 = small(size, "entry")?;
+        let mut patch = [0u8; 12];
+        patch[..4].copy_from_slice(&crc.sum().to_le_bytes());
+        patch[4..8].copy_from_slice(&size32.to_le_bytes());
+        patch[8..].copy_from_slice(&size32.to_le_bytes());
+        self.out
+            .seek(SeekFrom::Start(u64::from(header_offset) + 14))?;
+        self.out.write_all(&patch)?;
+        self.offset += local.len() as u64 + size;
+        self.out.seek(SeekFrom::Start(self.offset))?;
+
+        let c = &mut self.central;
+        c.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
+        c.extend_from_slice(&0x031Eu16.to_le_bytes()); // made by: Unix, 3.0
+        c.extend_from_slice(&10u16.to_le_bytes());
+        c.extend_from_slice(&0u16.to_le_bytes());
+        c.extend_from_slice(&STORED.to_le_bytes());
+        c.extend_from_slice(&0u16.to_le_bytes());
+        c.extend_from_slice(&DOS_DATE.to_le_bytes());
+        c.extend_from_slice(&patch);
+        c.extend_from_slice(&name_len.to_le_bytes());
+        c.extend_from_slice(&[0u8; 8]); // extra, comment, disk, internal attributes
+        c.extend_from_slice(&(0o100644u32 << 16).to_le_bytes());
+        c.extend_from_slice(&header_offset.to_le_bytes());
+        c.extend_from_slice(name.as_bytes());
+        Ok(size)
+    }
+
+    /// Writes the central directory; returns the sink and the zip's length.
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        let central_offset = small(self.offset, "zip")?;
+        let central_len = small(self.central.len() as u64, "zip")?;
+        self.out.write_all(&self.central)?;
+        let mut end = Vec::with_capacity(END_LEN);
+        end.extend_from_slice(&END_SIG.to_le_bytes());
+        end.extend_from_slice(&[0u8; 4]); // disk numbers
+        end.extend_from_slice(&self.count.to_le_bytes());
+        end.extend_from_slice(&self.count.to_le_bytes());
+        end.extend_from_slice(&central_len.to_le_bytes());
+        end.extend_from_slice(&central_offset.to_le_bytes());
+        end.extend_from_slice(&0u16.to_le_bytes()); // comment
+        self.out.write_all(&end)?;
+        self.out.flush()?;
+        let len = self.offset + self.central.len() as u64 + END_LEN as u64;
+        Ok((self.out, len))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::DeflateEncoder;
+    use std::io::Cursor;
+
+    /// A test-only zip builder, independent of `ZipWriter`, that can make
+    /// Deflate entries, data descriptors and lying headers.
+    pub struct Built {
+        pub bytes: Vec<u8>,
+        central: Vec<u8>,
+        count: u16,
+    }
+
+    pub struct Spec<'a> {
+        pub name: &'a str,
+        pub data: &'a [u8],
+        pub deflate: bool,
+        pub descriptor: bool,
+        /// Declared uncompressed size, if it should lie.
+        pub declared: Option<u32>,
+    }
+
+    impl Built {
+        pub fn new() -> Built {
+            Built {
+                bytes: Vec::new(),
+                central: Vec::new(),
+                count: 0,
+            }
+        }
+
+        pub fn add(mut self, s: Spec<'_>) -> Built {
+            let mut crc = Crc::new();
+            crc.update(s.data);
+            let payload = if s.deflate {
+                let mut enc = DeflateEncoder::new(Vec::new(), Compression::default());
+                enc.write_all(s.data).unwrap();
+                enc.finish().unwrap()
+            } else {
+                s.data.to_vec()
+            };
+            let method: u16 = if s.deflate { 8 } else { 0 };
+            let flags: u16 = if s.descriptor { 8 } else { 0 };
+            let size = s.declared.unwrap_or(s.data.len() as u32);
+            let offset = self.bytes.len() as u32;
+            let mut fields = Vec::new();
+            fields.extend_from_slice(&20u16.to_le_bytes());
+            fields.extend_from_slice(&flags.to_le_bytes());
+            fields.extend_from_slice(&method.to_le_bytes());
+            fields.extend_from_slice(&[0u8; 4]);
+            let sizes = [crc.sum(), payload.len() as u32, size];
+            let b = &mut self.bytes;
+            b.extend_from_slice(&LOCAL_SIG.to_le_bytes());
+            b.extend_from_slice(&fields);
+            for v in sizes {
+                let v = if s.descriptor { 0 } else { v };
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&(s.name.len() as u16).to_le_bytes());
+            b.extend_from_slice(&0u16.to_le_bytes());
+            b.extend_from_slice(s.name.as_bytes());
+            b.extend_from_slice(&payload);
+            if s.descriptor {
+                b.extend_from_slice(&0x0807_4b50u32.to_le_bytes());
+                for v in sizes {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            let c = &mut self.central;
+            c.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
+            c.extend_from_slice(&20u16.to_le_bytes());
+            c.extend_from_slice(&fields);
+            for v in sizes {
+                c.extend_from_slice(&v.to_le_bytes());
+            }
+            c.extend_from_slice(&(s.name.len() as u16).to_le_bytes());
+            c.extend_from_slice(&[0u8; 12]);
+            c.extend_from_slice(&offset.to_le_bytes());
+            c.extend_from_slice(s.name.as_bytes());
+            self.count += 1;
+            self
+        }
+
+        pub fn stored(self, name: &str, data: &[u8]) -> Built {
+            self.add(Spec {
+                name,
+                data,
+                deflate: false,
+                descriptor: false,
+                declared: None,
+            })
+        }
+
+        pub fn finish(mut self) -> Vec<u8> {
+            let offset = self.bytes.len() as u32;
+            let central = std::mem::take(&mut self.central);
+            self.bytes.extend_from_slice(&central);
+            self.bytes.extend_from_slice(&END_SIG.to_le_bytes());
+            self.bytes.extend_from_slice(&[0u8; 4]);
+            self.bytes.extend_from_slice(&self.count.to_le_bytes());
+            self.bytes.extend_from_slice(&self.count.to_le_bytes());
+            self.bytes
+                .extend_from_slice(&(central.len() as u32).to_le_bytes());
+            self.bytes.extend_from_slice(&offset.to_le_bytes());
+            self.bytes.extend_from_slice(&0u16.to_le_bytes());
+            self.bytes
+        }
+    }
+
+    fn read_all(zip: &[u8], name: &str) -> Result<Vec<u8>, ZipError> {
+        let mut reader = ZipReader::open(Cursor::new(zip))?;
+        let entry = reader.entry(name).cloned().expect("entry");
+        let mut out = Vec::new();
+        reader
+            .read_entry(&entry)?
+            .read_to_end(&mut out)
+            .map_err(ZipError::from_entry_read)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_stored_deflate_and_descriptor_entries() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let zip = Built::new()
+            .stored("0", b"apple-data-1")
+            .add(Spec {
+                name: "1",
+                data: &big,
+                deflate: true,
+                descriptor: true,
+                declared: None,
+            })
+            .stored("_meta", br#"[["a","0"],["b","1"]]"#)
+            .finish();
+        assert_eq!(read_all(&zip, "0").unwrap(), b"apple-data-1");
+        assert_eq!(read_all(&zip, "1").unwrap(), big);
+        assert_eq!(
+            read_all(&zip, "_meta").unwrap(),
+            br#"[["a","0"],["b","1"]]"#
+        );
+    }
+
+    #[test]
+    fn lying_sizes_and_bombs_are_malformed() {
+        let zeros = vec![0u8; 1 << 20];
+        let zip = Built::new()
+            .add(Spec {
+                name: "bomb",
+                data: &zeros,
+                deflate: true,
+                descriptor: false,
+                declared: Some(1000),
+            })
+            .add(Spec {
+                name: "short",
+                data: b"abc",
+                deflate: false,
+                descriptor: false,
+                declared: None,
+            })
+            .finish();
+        assert!(matches!(
+            read_all(&zip, "bomb"),
+            Err(ZipError::Malformed(_))
+        ));
+        assert_eq!(read_all(&zip, "short").unwrap(), b"abc");
+    }
+
+    #[test]
+    fn truncated_and_garbage_zips_are_malformed() {
+        let zip = Built::new().stored("0", b"apple-data-1").finish();
+        for cut in [0, 10, zip.len() / 2, zip.len() - 1] {
+            assert!(
+                matches!(
+                    ZipReader::open(Cursor::new(&zip[..cut])),
+                    Err(ZipError::Malformed(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            ZipReader::open(Cursor::new(b"not a zip at all, just some text".to_vec())),
+            Err(ZipError::Malformed(_))
+        ));
+        // A corrupted byte of content fails the CRC.
+        let mut bad = zip.clone();
+        bad[30 + 1] ^= 0xFF;
+        assert!(matches!(read_all(&bad, "0"), Err(ZipError::Malformed(_))));
+    }
+
+    #[test]
+    fn writer_output_reads_back() {
+        let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+        writer.add("0", &mut &b"apple-data-1"[..]).unwrap();
+        writer.add("1", &mut &b""[..]).unwrap();
+        writer
+            .add("_meta", &mut &br#"{"0":"apple.jpg"}"#[..])
+            .unwrap();
+        let (out, len) = writer.finish().unwrap();
+        let bytes = out.into_inner();
+        assert_eq!(bytes.len() as u64, len);
+        assert_eq!(read_all(&bytes, "0").unwrap(), b"apple-data-1");
+        assert_eq!(read_all(&bytes, "1").unwrap(), b"");
+        assert_eq!(read_all(&bytes, "_meta").unwrap(), br#"{"0":"apple.jpg"}"#);
+        // The local header carries the real CRC and sizes (no descriptor).
+        assert_eq!(u32_at(&bytes, 18), 12);
+        assert_eq!(u32_at(&bytes, 22), 12);
+    }
+}
