@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use rusqlite::Connection;
 
+use crate::collection::state::SyncState;
 use crate::media::MediaSlot;
 use crate::storage;
 
