@@ -327,6 +327,131 @@ mod tests {
         );
     }
 
+    /// A real fresh collection (stock notetypes, default deck and preset).
+    fn fresh() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.anki2");
+        crate::storage::create_collection(&path, 1_700_000_000_000).unwrap();
+        let conn = crate::storage::open(&path).unwrap();
+        (dir, conn)
+    }
+
+    fn basic(c: &Connection) -> Value {
+        let id: i64 = c
+            .query_row("select id from notetypes where name = 'Basic'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        schema11::notetype_to_json(&schema11::load_notetype(c, id).unwrap().unwrap())
+    }
+
+    fn with(mut v: Value, key: &str, value: Value) -> Value {
+        v[key] = value;
+        v
+    }
+
+    fn models(v: Value) -> UnchunkedChanges {
+        UnchunkedChanges {
+            notetypes: vec![v],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn notetypes_newer_or_equal_incoming_wins_older_loses() {
+        let (_d, c) = fresh();
+        let stored = basic(&c);
+        let mtime = stored["mod"].as_i64().unwrap();
+        // Equal mtime: the incoming copy wins (the opposite of notes and cards).
+        let tie = with(stored.clone(), "css", Value::from(".card { tie }"));
+        exchange(&c, &state(true), models(tie), 1).unwrap();
+        assert_eq!(basic(&c)["css"], ".card { tie }");
+        assert_eq!(basic(&c)["usn"], 5, "stored with this sync's usn");
+        // Older: ignored.
+        let old = with(
+            with(stored.clone(), "css", Value::from("old")),
+            "mod",
+            Value::from(mtime - 1),
+        );
+        exchange(&c, &state(true), models(old), 1).unwrap();
+        assert_eq!(basic(&c)["css"], ".card { tie }");
+        // Newer: wins.
+        let new = with(
+            with(stored.clone(), "css", Value::from("new")),
+            "mod",
+            Value::from(mtime + 1),
+        );
+        exchange(&c, &state(true), models(new), 1).unwrap();
+        assert_eq!(basic(&c)["css"], "new");
+    }
+
+    #[test]
+    fn a_notetype_with_a_different_field_or_template_count_fails() {
+        let (_d, c) = fresh();
+        let stored = basic(&c);
+        let mut more_fields = stored.clone();
+        let extra = more_fields["flds"][1].clone();
+        more_fields["flds"]
+            .as_array_mut()
+            .unwrap()
+            .push(with(extra, "name", Value::from("Extra")));
+        more_fields["mod"] = Value::from(stored["mod"].as_i64().unwrap() + 10);
+        assert!(matches!(
+            exchange(&c, &state(true), models(more_fields), 1),
+            Err(SyncError::BadRequest(_))
+        ));
+        let mut fewer_templates = stored.clone();
+        fewer_templates["tmpls"].as_array_mut().unwrap().clear();
+        assert!(matches!(
+            exchange(&c, &state(true), models(fewer_templates), 1),
+            Err(SyncError::BadRequest(_))
+        ));
+        // An older copy with a different shape is simply ignored.
+        let mut old = stored.clone();
+        old["tmpls"].as_array_mut().unwrap().clear();
+        old["mod"] = Value::from(-1);
+        assert!(exchange(&c, &state(true), models(old), 1).is_ok());
+    }
+
+    #[test]
+    fn decks_and_deck_configs_follow_the_same_rule_and_new_ones_are_added() {
+        let (_d, c) = fresh();
+        let deck = schema11::deck_to_json(&schema11::load_deck(&c, 1).unwrap().unwrap());
+        let conf =
+            schema11::deckconfig_to_json(&schema11::load_deckconfig(&c, 1).unwrap().unwrap());
+        let tie_deck = with(deck.clone(), "desc", Value::from("tie wins"));
+        let old_deck = with(
+            with(deck.clone(), "desc", Value::from("old")),
+            "mod",
+            Value::from(-1),
+        );
+        let new_deck = with(
+            with(
+                with(deck.clone(), "id", Value::from(77)),
+                "name",
+                Value::from("Other"),
+            ),
+            "desc",
+            Value::from("added"),
+        );
+        let mut tie_conf = conf.clone();
+        tie_conf["new"]["perDay"] = Value::from(77);
+        let mut old_conf = conf.clone();
+        old_conf["new"]["perDay"] = Value::from(1);
+        old_conf["mod"] = Value::from(-1);
+        let incoming = UnchunkedChanges {
+            decks: (vec![tie_deck, old_deck, new_deck], vec![tie_conf, old_conf]),
+            ..Default::default()
+        };
+        exchange(&c, &state(true), incoming, 1).unwrap();
+        let load = |id| schema11::deck_to_json(&schema11::load_deck(&c, id).unwrap().unwrap());
+        assert_eq!(load(1)["desc"], "tie wins");
+        assert_eq!(load(77)["desc"], "added");
+        let conf =
+            schema11::deckconfig_to_json(&schema11::load_deckconfig(&c, 1).unwrap().unwrap());
+        assert_eq!(conf["new"]["perDay"], 77);
+    }
+
     #[test]
     fn tags_are_normalized_added_once_and_follow_parent_case() {
         let c = db();
