@@ -240,3 +240,82 @@ fn uploads_over_the_limit_are_refused() {
         200
     );
 }
+
+/// A v11 request carrying session key `session`.
+fn call_in(conn: &mut Conn, method: &str, session: &str, payload: &[u8]) -> support::http::Reply {
+    let header = format!(r#"{{"v":11,"k":"{HKEY}","c":"test,1,linux","s":"{session}"}}"#);
+    conn.send(
+        "POST",
+        &format!("/sync/{method}"),
+        &[("anki-sync", &header)],
+        &zstd(payload),
+    )
+}
+
+#[test]
+fn session_keys_and_a_failed_sanity_check_roll_back() {
+    let s = server();
+    let mut c = Conn::open(&s);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload())
+            .unwrap();
+    let usn = meta["usn"].as_i64().unwrap();
+    let start = format!(r#"{{"minUsn":{usn},"lnewer":true,"graves":null}}"#);
+    // Stateful methods need a session key, and the one that started.
+    assert_eq!(call_in(&mut c, "start", "", start.as_bytes()).status, 400);
+    assert_eq!(
+        call_in(&mut c, "chunk", "s1", br#"{"_pad":null}"#).status,
+        409
+    );
+    assert_eq!(
+        call_in(&mut c, "start", "s1", start.as_bytes()).payload(),
+        br#"{"cards":[],"notes":[],"decks":[]}"#
+    );
+    assert_eq!(
+        call_in(&mut c, "chunk", "other", br#"{"_pad":null}"#).status,
+        409
+    );
+    // A revlog entry goes in, then the counts disagree: "bad", and rolled back.
+    let chunk = br#"{"chunk":{"done":true,"revlog":[[1700000000000,1,0,3,1,0,2500,1000,1]]}}"#;
+    assert_eq!(
+        call_in(&mut c, "applyChunk", "s1", chunk).payload(),
+        b"null"
+    );
+    let sanity: serde_json::Value = serde_json::from_slice(
+        &call_in(
+            &mut c,
+            "sanityCheck2",
+            "s1",
+            br#"{"client":[[0,0,0],5,5,5,0,5,5,5]}"#,
+        )
+        .payload(),
+    )
+    .unwrap();
+    assert_eq!(sanity["status"], "bad");
+    assert_eq!(
+        call_in(&mut c, "finish", "s1", br#"{"_pad":null}"#).status,
+        409
+    );
+    assert_eq!(
+        call_in(&mut c, "abort", "whatever", br#"{"_pad":null}"#).payload(),
+        b"null"
+    );
+    // Nothing was kept: a new sync from scratch sees no revlog at all.
+    call_in(
+        &mut c,
+        "start",
+        "s2",
+        format!(r#"{{"minUsn":0,"lnewer":true,"graves":null}}"#).as_bytes(),
+    )
+    .payload();
+    let sent: serde_json::Value =
+        serde_json::from_slice(&call_in(&mut c, "chunk", "s2", br#"{"_pad":null}"#).payload())
+            .unwrap();
+    assert!(sent.get("revlog").is_none(), "{sent}");
+    // meta from another device ends the sync in progress.
+    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
+    assert_eq!(
+        call_in(&mut c, "chunk", "s2", br#"{"_pad":null}"#).status,
+        409
+    );
+}
