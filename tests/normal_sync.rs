@@ -97,226 +97,203 @@ fn assert_same(a: &Value, b: &Value) {
     }
 }
 
-fn users() -> [(&'static str, &'static str); 1] {
-    [("user", "pass")]
+/// Runs `test` with a fresh server and two devices holding `notes` notes.
+fn with_devices(notes: u64, test: impl FnOnce(&Account<'_>, &Devices)) {
+    let server = Server::start(&[("user", "pass")], &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let devices = two_devices(&account, notes);
+    test(&account, &devices);
 }
 
 #[test]
 fn changes_flow_both_ways_and_devices_converge() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 200);
+    with_devices(200, |account, d| {
+        let a_did = run(&d.a, "a_changes", &[]);
+        assert_eq!(a_did["reviewed"], 10);
+        assert_eq!(account.sync(&d.a), "NO_CHANGES");
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        let (da, db) = (dump(&d.a), dump(&d.b));
+        assert_same(&da, &db);
+        // What A did really arrived (not two unchanged copies).
+        let notetypes = db["notetypes"].as_array().unwrap();
+        let three = notetypes
+            .iter()
+            .find(|n| n["name"] == "Three fields")
+            .expect("new notetype on B");
+        assert_eq!(three["flds"].as_array().unwrap().len(), 3);
+        assert_eq!(three["tmpls"].as_array().unwrap().len(), 2);
+        assert_eq!(three["css"], ".card { color: green; }");
+        assert!(
+            db["decks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == "Filtered on A" && d["dyn"] == 1)
+        );
+        assert_eq!(db["config"]["liteScenarioValue"]["from"], "A");
+        let default_conf = db["deck_configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == 1)
+            .unwrap();
+        assert_eq!(default_conf["new"]["perDay"], 33);
+        assert!(
+            db["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "tagged_on_a")
+        );
+        assert_eq!(db["notes"].as_array().unwrap().len(), 200 + 50 - 3 + 1);
 
-    let a_did = run(&d.a, "a_changes", &[]);
-    assert_eq!(a_did["reviewed"], 10);
-    assert_eq!(account.sync(&d.a), "NO_CHANGES");
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
-    let (da, db) = (dump(&d.a), dump(&d.b));
-    assert_same(&da, &db);
-    // What A did really arrived (not two unchanged copies).
-    let notetypes = db["notetypes"].as_array().unwrap();
-    let three = notetypes
-        .iter()
-        .find(|n| n["name"] == "Three fields")
-        .expect("new notetype on B");
-    assert_eq!(three["flds"].as_array().unwrap().len(), 3);
-    assert_eq!(three["tmpls"].as_array().unwrap().len(), 2);
-    assert_eq!(three["css"], ".card { color: green; }");
-    assert!(
-        db["decks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["name"] == "Filtered on A" && d["dyn"] == 1)
-    );
-    assert_eq!(db["config"]["liteScenarioValue"]["from"], "A");
-    let default_conf = db["deck_configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == 1)
-        .unwrap();
-    assert_eq!(default_conf["new"]["perDay"], 33);
-    assert!(
-        db["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t == "tagged_on_a")
-    );
-    assert_eq!(db["notes"].as_array().unwrap().len(), 200 + 50 - 3 + 1);
-
-    // Then B changes things and A receives them.
-    run(&d.b, "b_changes", &[]);
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
-    assert_eq!(account.sync(&d.a), "NO_CHANGES");
-    let (da, db) = (dump(&d.a), dump(&d.b));
-    assert_same(&da, &db);
-    assert_eq!(da["config"]["liteScenarioValue"]["from"], "B");
-    assert!(
-        da["decks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["name"] == "Added on B")
-    );
-    assert!(
-        !da["decks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["name"] == "Sync scenario::Child from A")
-    );
-    // Nothing left to do on either side.
-    assert_eq!(account.sync(&d.a), "NO_CHANGES");
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        // Then B changes things and A receives them.
+        run(&d.b, "b_changes", &[]);
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        assert_eq!(account.sync(&d.a), "NO_CHANGES");
+        let (da, db) = (dump(&d.a), dump(&d.b));
+        assert_same(&da, &db);
+        assert_eq!(da["config"]["liteScenarioValue"]["from"], "B");
+        assert!(
+            da["decks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == "Added on B")
+        );
+        assert!(
+            !da["decks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == "Sync scenario::Child from A")
+        );
+        // Nothing left to do on either side.
+        assert_eq!(account.sync(&d.a), "NO_CHANGES");
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    });
 }
 
 #[test]
 fn the_newer_edit_of_a_note_wins_on_both_devices() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 20);
-    let nid = run(&d.a, "edit_first_field", &["text=edited on A"])["nid"].to_string();
-    // Edits are compared in whole seconds: make B's strictly newer.
-    std::thread::sleep(Duration::from_millis(1100));
-    run(
-        &d.b,
-        "edit_first_field",
-        &[&format!("nid={nid}"), "text=edited on B, later"],
-    );
-    for _ in 0..2 {
-        account.sync(&d.a);
-        account.sync(&d.b);
-    }
-    for path in [&d.a, &d.b] {
-        assert_eq!(
-            run(path, "field_of", &[&format!("nid={nid}")]),
-            "edited on B, later"
+    with_devices(20, |account, d| {
+        let nid = run(&d.a, "edit_first_field", &["text=edited on A"])["nid"].to_string();
+        // Edits are compared in whole seconds: make B's strictly newer.
+        std::thread::sleep(Duration::from_millis(1100));
+        run(
+            &d.b,
+            "edit_first_field",
+            &[&format!("nid={nid}"), "text=edited on B, later"],
         );
-    }
-    assert_same(&dump(&d.a), &dump(&d.b));
+        for _ in 0..2 {
+            account.sync(&d.a);
+            account.sync(&d.b);
+        }
+        for path in [&d.a, &d.b] {
+            assert_eq!(
+                run(path, "field_of", &[&format!("nid={nid}")]),
+                "edited on B, later"
+            );
+        }
+        assert_same(&dump(&d.a), &dump(&d.b));
+    });
 }
 
 #[test]
 fn deletions_propagate_both_ways() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 30);
-    for (from, to, tag) in [(&d.a, &d.b, "A"), (&d.b, &d.a, "B")] {
-        let deck_name = format!("name=Doomed {tag}");
-        run(from, "make_deck", &[&deck_name]);
-        account.sync(from);
-        account.sync(to);
-        let deleted = run(from, "delete_some", &[&format!("deck=Doomed {tag}")]);
-        let notes: Vec<String> = deleted["notes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_string())
-            .collect();
-        let query = [
-            format!("notes={}", notes.join(",")),
-            format!("cards={}", deleted["card"]),
-            format!("decks={}", deleted["deck"]),
-        ];
-        let query: Vec<&str> = query.iter().map(String::as_str).collect();
-        let before = run(to, "ids", &query);
-        assert_eq!(before["notes"].as_array().unwrap().len(), 2, "{before}");
-        assert_eq!(before["decks"].as_array().unwrap().len(), 1, "{before}");
-        assert_eq!(account.sync(from), "NO_CHANGES");
-        assert_eq!(account.sync(to), "NO_CHANGES");
-        let after = run(to, "ids", &query);
-        assert_eq!(
-            after,
-            serde_json::json!({"notes": [], "cards": [], "decks": []}),
-            "deleted on {tag}"
-        );
-    }
-    assert_same(&dump(&d.a), &dump(&d.b));
+    with_devices(30, |account, d| {
+        for (from, to, tag) in [(&d.a, &d.b, "A"), (&d.b, &d.a, "B")] {
+            let deck_name = format!("name=Doomed {tag}");
+            run(from, "make_deck", &[&deck_name]);
+            account.sync(from);
+            account.sync(to);
+            let deleted = run(from, "delete_some", &[&format!("deck=Doomed {tag}")]);
+            let notes: Vec<String> = deleted["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let query = [
+                format!("notes={}", notes.join(",")),
+                format!("cards={}", deleted["card"]),
+                format!("decks={}", deleted["deck"]),
+            ];
+            let query: Vec<&str> = query.iter().map(String::as_str).collect();
+            let before = run(to, "ids", &query);
+            assert_eq!(before["notes"].as_array().unwrap().len(), 2, "{before}");
+            assert_eq!(before["decks"].as_array().unwrap().len(), 1, "{before}");
+            assert_eq!(account.sync(from), "NO_CHANGES");
+            assert_eq!(account.sync(to), "NO_CHANGES");
+            let after = run(to, "ids", &query);
+            assert_eq!(
+                after,
+                serde_json::json!({"notes": [], "cards": [], "decks": []}),
+                "deleted on {tag}"
+            );
+        }
+        assert_same(&dump(&d.a), &dump(&d.b));
+    });
 }
 
 #[test]
 fn a_schema_change_needs_a_full_sync_which_then_works() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 20);
-    run(&d.a, "add_field", &[]);
-    assert_eq!(account.sync(&d.a), "FULL_SYNC");
-    account.run("full-upload", Some(&d.a)).unwrap();
-    assert_eq!(account.sync(&d.b), "FULL_SYNC");
-    account.run("full-download", Some(&d.b)).unwrap();
-    let db = dump(&d.b);
-    let basic = db["notetypes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "Basic")
-        .unwrap();
-    assert_eq!(basic["flds"].as_array().unwrap().len(), 3);
-    assert_same(&dump(&d.a), &db);
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    with_devices(20, |account, d| {
+        run(&d.a, "add_field", &[]);
+        assert_eq!(account.sync(&d.a), "FULL_SYNC");
+        account.run("full-upload", Some(&d.a)).unwrap();
+        assert_eq!(account.sync(&d.b), "FULL_SYNC");
+        account.run("full-download", Some(&d.b)).unwrap();
+        let db = dump(&d.b);
+        let basic = db["notetypes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "Basic")
+            .unwrap();
+        assert_eq!(basic["flds"].as_array().unwrap().len(), 3);
+        assert_same(&dump(&d.a), &db);
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+    });
 }
 
 #[test]
 fn five_thousand_new_notes_in_one_sync() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 10);
-    client_ok(&[
-        "add-notes",
-        "--path",
-        path_str(&d.a),
-        "--notes",
-        "5000",
-        "--seed",
-        "3",
-    ]);
-    assert_eq!(account.sync(&d.a), "NO_CHANGES");
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
-    let db = dump(&d.b);
-    assert_eq!(db["notes"].as_array().unwrap().len(), 5010);
-    assert_same(&dump(&d.a), &db);
+    with_devices(10, |account, d| {
+        client_ok(&[
+            "add-notes",
+            "--path",
+            path_str(&d.a),
+            "--notes",
+            "5000",
+            "--seed",
+            "3",
+        ]);
+        assert_eq!(account.sync(&d.a), "NO_CHANGES");
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        let db = dump(&d.b);
+        assert_eq!(db["notes"].as_array().unwrap().len(), 5010);
+        assert_same(&dump(&d.a), &db);
+    });
 }
 
 #[test]
 fn one_note_change_on_a_50000_note_collection() {
-    let server = Server::start(&users(), &[]);
-    let account = Account {
-        server: &server,
-        user: "user",
-        password: "pass",
-    };
-    let d = two_devices(&account, 50_000);
-    let nid = run(&d.a, "edit_first_field", &["text=one small change"])["nid"].to_string();
-    let started = Instant::now();
-    assert_eq!(account.sync(&d.a), "NO_CHANGES");
-    assert_eq!(account.sync(&d.b), "NO_CHANGES");
-    eprintln!("two normal syncs on 50k notes took {:?}", started.elapsed());
-    assert_eq!(
-        run(&d.b, "field_of", &[&format!("nid={nid}")]),
-        "one small change"
-    );
-    let counts = client_ok(&["count", "--path", path_str(&d.b)]);
-    assert_eq!(counts["notes"], 50_000);
+    with_devices(50_000, |account, d| {
+        let nid = run(&d.a, "edit_first_field", &["text=one small change"])["nid"].to_string();
+        let started = Instant::now();
+        assert_eq!(account.sync(&d.a), "NO_CHANGES");
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        eprintln!("two normal syncs on 50k notes took {:?}", started.elapsed());
+        assert_eq!(
+            run(&d.b, "field_of", &[&format!("nid={nid}")]),
+            "one small change"
+        );
+        let counts = client_ok(&["count", "--path", path_str(&d.b)]);
+        assert_eq!(counts["notes"], 50_000);
+    });
 }

@@ -305,7 +305,7 @@ fn session_keys_and_a_failed_sanity_check_roll_back() {
         &mut c,
         "start",
         "s2",
-        format!(r#"{{"minUsn":0,"lnewer":true,"graves":null}}"#).as_bytes(),
+        br#"{"minUsn":0,"lnewer":true,"graves":null}"#,
     )
     .payload();
     let sent: serde_json::Value =
