@@ -18,6 +18,10 @@ Subcommands:
     dump --path P                        all content, for comparisons
     count --path P                       row counts of the main tables
     add-notes --path P --notes N [--seed S]  add plain notes to a collection
+    media-add --path P --src DIR         add DIR's files through the media manager
+    media-remove --path P --name N ...   trash media files
+    media-sync --path P --endpoint .. --user .. --password .. [--with-collection]
+    media-list --path P                  {name: sha1} of the media folder
     schema11-dump --path P               library schema-11 JSON + raw rows of notetypes/decks/presets
 """
 
@@ -533,6 +537,98 @@ def cmd_schema11_dump(args: argparse.Namespace) -> Any:
     return with_collection(args.path, run)
 
 
+# ---------------------------------------------------------------- media
+# Media subcommands. They go through the library's own media manager and
+# media syncer, so names are normalised and files scanned exactly as the
+# desktop app does.
+
+import hashlib  # noqa: E402  (kept with the media subcommands that use it)
+
+# Longest wait for one media sync run.
+MEDIA_SYNC_TIMEOUT_SECS = 900
+
+
+def cmd_media_add(args: argparse.Namespace) -> Any:
+    """Adds every file in --src (by name order); prints {given name: stored name}."""
+
+    def run(col: Collection) -> Any:
+        stored = {}
+        for name in sorted(os.listdir(args.src)):
+            with open(os.path.join(args.src, name), "rb") as f:
+                stored[name] = col.media.write_data(name, f.read())
+        return stored
+
+    return with_collection(args.path, run)
+
+
+def cmd_media_remove(args: argparse.Namespace) -> Any:
+    """Moves the named files to the media trash, as deleting them in the app does."""
+
+    def run(col: Collection) -> Any:
+        col.media.trash_files(list(args.name))
+        return {"removed": sorted(args.name)}
+
+    return with_collection(args.path, run)
+
+
+def wait_for_media_sync(col: Collection) -> dict[str, str]:
+    deadline = time.monotonic() + MEDIA_SYNC_TIMEOUT_SECS
+    while True:
+        # Raises the sync's error, if it failed.
+        status = col.media_sync_status()
+        if not status.active:
+            p = status.progress
+            return {"checked": p.checked, "added": p.added, "removed": p.removed}
+        if time.monotonic() > deadline:
+            col.abort_media_sync()
+            raise Failure(f"media sync still running after {MEDIA_SYNC_TIMEOUT_SECS}s")
+        time.sleep(0.02)
+
+
+def cmd_media_sync(args: argparse.Namespace) -> Any:
+    """A stand-alone media sync (calls begin), or with --with-collection a
+    collection sync that starts the media sync with the server's media USN
+    from /sync/meta. Prints the time taken and the final progress."""
+
+    def run(col: Collection) -> Any:
+        auth = col.sync_login(args.user, args.password, endpoint_of(args.endpoint))
+        started = time.monotonic()
+        result: dict[str, Any] = {}
+        if args.with_collection:
+            out = col.sync_collection(auth, sync_media=True)
+            result["required"] = SyncCollectionResponse.ChangesRequired.Name(out.required)
+            result["server_media_usn"] = out.server_media_usn
+        else:
+            col.sync_media(auth)
+        result["progress"] = wait_for_media_sync(col)
+        result["seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    return with_collection(args.path, run)
+
+
+def cmd_media_list(args: argparse.Namespace) -> Any:
+    """{name: sha1} of every file in the collection's media folder."""
+    folder = with_collection(args.path, lambda col: col.media.dir())
+    listing = {}
+    for name in sorted(os.listdir(folder)):
+        full = os.path.join(folder, name)
+        if os.path.isfile(full):
+            with open(full, "rb") as f:
+                listing[name] = hashlib.sha1(f.read()).hexdigest()
+    return listing
+
+
+def add_media_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("media-add", cmd_media_add)
+    p.add_argument("--src", required=True, help="folder whose files are added")
+    p = command("media-remove", cmd_media_remove)
+    p.add_argument("--name", action="append", required=True)
+    p = command("media-sync", cmd_media_sync, server=True)
+    p.add_argument("--with-collection", action="store_true")
+    command("media-list", cmd_media_list)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -565,6 +661,7 @@ def parser() -> argparse.ArgumentParser:
     command("dump", cmd_dump)
     command("count", cmd_count)
     command("schema11-dump", cmd_schema11_dump)
+    add_media_commands(command)
     return top
 
 
