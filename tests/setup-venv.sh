@@ -58,6 +58,7 @@ venv() {
 # One registered venv per line; add e.g. the legacy client here.
 setup_all() {
     venv anki26 'anki==26.9.3'
+    venv anki2156 'anki==2.1.56' 'protobuf>=4.21,<5'
 }
 
 wanted="${1:-anki26}"
