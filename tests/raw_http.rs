@@ -31,7 +31,13 @@ fn health_routes_and_methods() {
     assert_eq!((r.status, r.body.len()), (200, 0));
     let r = c.send("GET", "//health", &[], b"");
     assert_eq!(r.status, 200);
+    // People open the address in a browser: tell them what to type into Anki.
     let r = c.send("GET", "/", &[], b"");
+    assert_eq!(r.status, 200);
+    let page = String::from_utf8(r.body).unwrap();
+    assert!(page.contains("is running"), "{page}");
+    assert!(page.contains("http://test/"), "{page}");
+    let r = c.send("GET", "/nothing", &[], b"");
     assert_eq!(r.status, 404);
     let r = c.send("GET", "/sync/meta", &[], b"");
     assert_eq!(r.status, 405);

@@ -76,6 +76,8 @@ fn lookup_name<T: PartialEq + Copy>(table: &[(&'static str, T)], value: T) -> &'
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`: a short page for people who open the address in a browser.
+    Index,
     Health,
     Sync(SyncMethod),
     Media(MediaMethod),
@@ -84,6 +86,7 @@ pub enum Route {
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Route::Index => f.write_str("/"),
             Route::Health => f.write_str("/health"),
             Route::Sync(m) => write!(f, "/sync/{}", m.name()),
             Route::Media(m) => write!(f, "/msync/{}", m.name()),
@@ -123,6 +126,10 @@ pub fn route(verb: Verb, url: &str, base_path: &str) -> Result<Route, RouteError
         &segments[..]
     };
     match rest {
+        [] => match verb {
+            Verb::Get | Verb::Head => Ok(Route::Index),
+            _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
+        },
         ["health"] => match verb {
             Verb::Get | Verb::Head => Ok(Route::Health),
             _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
@@ -204,7 +211,9 @@ mod tests {
 
     #[test]
     fn unknown_paths_and_names() {
-        assert_eq!(route(Verb::Get, "/", "/"), Err(RouteError::NotFound));
+        assert_eq!(route(Verb::Get, "/", "/"), Ok(Route::Index));
+        assert_eq!(route(Verb::Get, "/anki/", "/anki/"), Ok(Route::Index));
+        assert_eq!(route(Verb::Get, "/other", "/"), Err(RouteError::NotFound));
         assert_eq!(route(Verb::Post, "/sync", "/"), Err(RouteError::NotFound));
         assert_eq!(
             route(Verb::Post, "/sync/meta/x", "/"),

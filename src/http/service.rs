@@ -39,6 +39,8 @@ pub struct Service {
 pub(super) enum Reply<'s> {
     /// `/health`: 200 with an empty body, never compressed.
     Empty,
+    /// `/`: a plain-text page for people, never compressed.
+    Page(String),
     Bytes(Vec<u8>),
     /// A file streamed from disk. `_hold` (typically a user's lock guard)
     /// lives until the last byte is sent, so nothing writes to the file
@@ -105,7 +107,7 @@ impl Service {
             cause.map(|c| format!(" ({c})")).unwrap_or_default(),
         );
         match (fields.route, status) {
-            (Some(Route::Health), 200) => debug!("{line}"),
+            (Some(Route::Health | Route::Index), 200) => debug!("{line}"),
             (_, 500..) => error!("{line}"),
             (_, 400..) => warn!("{line}"),
             _ => info!("{line}"),
@@ -167,6 +169,9 @@ impl Service {
         if route == Route::Health {
             return Ok(Reply::Empty);
         }
+        if route == Route::Index {
+            return Ok(Reply::Page(self.index_page(request)));
+        }
         let sync_header = request
             .headers()
             .iter()
@@ -213,7 +218,7 @@ impl Service {
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
             Route::Media(method) => self.media(method, &header, &mut body, slot),
-            Route::Health => Ok(Reply::Empty),
+            Route::Health | Route::Index => Ok(Reply::Empty),
         }
     }
 
@@ -365,6 +370,28 @@ impl Service {
         }
     }
 
+    /// What a person sees when opening the server's address in a browser:
+    /// that it runs, and the exact URL to type into Anki.
+    fn index_page(&self, request: &Request) -> String {
+        let host = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str().to_string())
+            .unwrap_or_else(|| format!("{}:{}", self.config.host, self.config.port));
+        let scheme = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("X-Forwarded-Proto"))
+            .map(|h| h.value.as_str().to_string())
+            .unwrap_or_else(|| "http".into());
+        format!(
+            "anki-sync-lite {} is running.\n\nIn Anki, set the self-hosted sync server to:\n\n    {scheme}://{host}{}\n\n(with the final slash), then log in with your user name and password.\n",
+            env!("CARGO_PKG_VERSION"),
+            self.config.base_path
+        )
+    }
+
     fn client_ip(&self, request: &Request) -> String {
         let peer = request
             .remote_addr()
@@ -469,6 +496,10 @@ fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
         Reply::Empty => {
             request.respond(Response::empty(200).with_header(header("Content-Length", "0")))
         }
+        Reply::Page(text) => request.respond(
+            Response::from_string(text)
+                .with_header(header("Content-Type", "text/plain; charset=utf-8")),
+        ),
         Reply::Bytes(bytes) => {
             let len = bytes.len() as u64;
             let result = if zstd {
