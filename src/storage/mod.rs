@@ -3,6 +3,7 @@
 //! blobs it stores, and a brand-new collection for a first-time user.
 
 mod create;
+pub mod legacy;
 pub mod proto;
 pub mod schema;
 pub mod schema11;
