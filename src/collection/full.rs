@@ -93,8 +93,9 @@ pub fn receive(dir: &Path, body: &mut dyn Read) -> Result<TempFile, ReceiveError
     Ok(temp)
 }
 
-/// Checks that an uploaded file is a collection we can store. The error is
-/// the reason, for the log; the client is told [`UPLOAD_CORRUPT`].
+/// Checks that an uploaded file is a collection we can store, upgrading a
+/// schema-11 upload to 18 in place. The error is the reason, for the log;
+/// the client is told [`UPLOAD_CORRUPT`].
 pub fn validate(temp: &TempFile) -> Result<(), String> {
     let mut header = [0u8; 16];
     File::open(temp.path())
@@ -126,8 +127,13 @@ fn check_collection(conn: &Connection) -> Result<(), String> {
         .map_err(|e| format!("no collection in the file: {e}"))?;
     match ver {
         SCHEMA_VERSION => Ok(()),
-        11 | 14..=17 => Err(format!(
-            "schema {ver} uploads (from clients before 2.1.57) are not supported yet"
+        // Legacy clients downgrade to 11 before uploading. The temp file is
+        // private to this request, so upgrading it in place is atomic with
+        // the later rename.
+        11 => storage::legacy::upgrade_to_schema18(conn)
+            .map_err(|e| format!("upgrading a schema-11 upload: {e}")),
+        14..=17 => Err(format!(
+            "schema {ver} uploads are not supported (clients downgrade to 11 before uploading)"
         )),
         other => Err(format!("unsupported schema version {other}")),
     }
@@ -256,6 +262,33 @@ mod tests {
             .unwrap();
         let t = temp_with(dir.path(), &fs::read(&col).unwrap());
         assert!(validate(&t).unwrap_err().contains("unsupported schema"));
+    }
+
+    #[test]
+    fn schema11_uploads_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("original.anki2");
+        storage::create_collection(&original, 1_780_000_000_000).unwrap();
+        let legacy = dir.path().join("legacy.anki2");
+        storage::legacy::write_schema11_copy(&storage::open(&original).unwrap(), &legacy).unwrap();
+
+        let t = temp_with(dir.path(), &fs::read(&legacy).unwrap());
+        validate(&t).unwrap();
+        let conn = storage::open(t.path()).unwrap();
+        assert_eq!(storage::schema_version(&conn).unwrap(), SCHEMA_VERSION);
+        let decks: i64 = conn
+            .query_row("select count(*) from decks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(decks, 1);
+
+        // Schemas 12-17 stay refused, also when the rest would upgrade.
+        for ver in [12, 13, 14, 17, 19] {
+            let c = storage::open(&legacy).unwrap();
+            c.execute("update col set ver = ?", [ver]).unwrap();
+            drop(c);
+            let t = temp_with(dir.path(), &fs::read(&legacy).unwrap());
+            assert!(validate(&t).is_err(), "schema {ver} accepted");
+        }
     }
 
     #[test]
