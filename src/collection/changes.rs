@@ -30,6 +30,21 @@ pub struct UnchunkedChanges {
     pub crt: Option<i64>,
 }
 
+impl UnchunkedChanges {
+    /// Number of objects (the config counts as one).
+    pub fn len(&self) -> usize {
+        self.notetypes.len()
+            + self.decks.0.len()
+            + self.decks.1.len()
+            + self.tags.len()
+            + usize::from(self.conf.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Deserialize, Debug)]
 pub struct ApplyChangesRequest {
     pub changes: UnchunkedChanges,
@@ -271,6 +286,9 @@ mod tests {
             client_usn: 3,
             client_is_newer,
             pending: None,
+            sent: 0,
+            received: 0,
+            started: std::time::Instant::now(),
         }
     }
 

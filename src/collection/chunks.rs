@@ -29,6 +29,17 @@ pub struct Chunk {
     pub notes: Vec<Vec<Value>>,
 }
 
+impl Chunk {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.revlog.len() + self.cards.len() + self.notes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Deserialize, Debug)]
 pub struct ApplyChunkRequest {
     pub chunk: Chunk,
@@ -376,6 +387,9 @@ mod tests {
             client_usn,
             client_is_newer: false,
             pending: None,
+            sent: 0,
+            received: 0,
+            started: std::time::Instant::now(),
         }
     }
 

@@ -24,6 +24,17 @@ pub struct Graves {
     pub decks: Vec<i64>,
 }
 
+impl Graves {
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        self.cards.len() + self.notes.len() + self.decks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum LenientId {

@@ -5,6 +5,8 @@
 //! `finish` commits, and `abort`, an error, or a newer `start`/`meta` rolls
 //! back.
 
+use std::time::Instant;
+
 use rusqlite::Connection;
 
 use super::SyncError;
@@ -21,6 +23,19 @@ pub struct SyncState {
     pub client_is_newer: bool,
     /// Ids still to send, taken at the first `chunk` call.
     pub pending: Option<PendingIds>,
+    /// Objects exchanged so far, for the summary logged at `finish`.
+    pub sent: usize,
+    pub received: usize,
+    pub started: Instant,
+}
+
+/// What a finished sync did, for its one summary log line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub now_ms: i64,
+    pub sent: usize,
+    pub received: usize,
+    pub millis: u128,
 }
 
 /// Ids of changed rows not yet sent to the client, popped from the end.
@@ -58,6 +73,9 @@ pub fn begin<'a>(
         client_usn,
         client_is_newer,
         pending: None,
+        sent: 0,
+        received: 0,
+        started: Instant::now(),
     });
     Ok((col, state))
 }
@@ -100,15 +118,20 @@ pub fn step<T>(
 
 /// Commits the sync: `ls` = now, `usn` + 1, `mod` = now, all in the sync's
 /// transaction. Returns `now` (ms), which the client stores as its `mod`.
-pub fn finish(user: &mut UserState, session: &str, now_ms: i64) -> Result<i64, SyncError> {
-    step(user, session, |col, _| {
+pub fn finish(user: &mut UserState, session: &str, now_ms: i64) -> Result<Summary, SyncError> {
+    let summary = step(user, session, |col, st| {
         col.execute("update col set ls = ?1, mod = ?1, usn = usn + 1", [now_ms])?;
         col.execute_batch("commit")?;
-        Ok(now_ms)
+        Ok(Summary {
+            now_ms,
+            sent: st.sent,
+            received: st.received,
+            millis: st.started.elapsed().as_millis(),
+        })
     })?;
     // Committed: the state is over, nothing to roll back.
     user.forget_sync();
-    Ok(now_ms)
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -195,7 +218,7 @@ mod tests {
         let before = usn(&mut user);
         begin(&mut user, "s", 0, true).unwrap();
         assert_eq!(
-            finish(&mut user, "s", 1_700_000_000_123).unwrap(),
+            finish(&mut user, "s", 1_700_000_000_123).unwrap().now_ms,
             1_700_000_000_123
         );
         assert!(!user.sync_active());

@@ -312,8 +312,10 @@ impl Service {
                 let answer = state::step(&mut user, &header.session, |col, st| {
                     // Ours first: the client's legacy graves must not echo back.
                     let ours = graves::since(col, st.client_usn)?;
+                    st.sent += ours.len();
                     if let Some(theirs) = &req.graves {
                         graves::apply(col, theirs, st.server_usn)?;
+                        st.received += theirs.len();
                     }
                     Ok(ours)
                 })?;
@@ -322,6 +324,7 @@ impl Service {
             SyncMethod::ApplyGraves => {
                 let req: ApplyGravesRequest = body.json()?;
                 state::step(&mut slot.lock(), &header.session, |col, st| {
+                    st.received += req.chunk.len();
                     graves::apply(col, &req.chunk, st.server_usn)
                 })?;
                 Ok(json_null())
@@ -329,20 +332,26 @@ impl Service {
             SyncMethod::ApplyChanges => {
                 let req: ApplyChangesRequest = body.json()?;
                 let answer = state::step(&mut slot.lock(), &header.session, |col, st| {
-                    changes::exchange(col, st, req.changes, now_millis() / 1000)
+                    st.received += req.changes.len();
+                    let answer = changes::exchange(col, st, req.changes, now_millis() / 1000)?;
+                    st.sent += answer.len();
+                    Ok(answer)
                 })?;
                 json_reply(&answer)
             }
             SyncMethod::Chunk => {
                 body.discard()?;
                 let chunk = state::step(&mut slot.lock(), &header.session, |col, st| {
-                    chunks::next(col, st)
+                    let chunk = chunks::next(col, st)?;
+                    st.sent += chunk.len();
+                    Ok(chunk)
                 })?;
                 json_reply(&chunk)
             }
             SyncMethod::ApplyChunk => {
                 let req: ApplyChunkRequest = body.json()?;
                 state::step(&mut slot.lock(), &header.session, |col, st| {
+                    st.received += req.chunk.len();
                     chunks::apply(col, st, &req.chunk)
                 })?;
                 Ok(json_null())
@@ -361,8 +370,12 @@ impl Service {
             }
             SyncMethod::Finish => {
                 body.discard()?;
-                let now = state::finish(&mut slot.lock(), &header.session, now_millis())?;
-                json_reply(&now)
+                let done = state::finish(&mut slot.lock(), &header.session, now_millis())?;
+                info!(
+                    "user {name}: normal sync finished in {} ms, {} objects sent, {} received",
+                    done.millis, done.sent, done.received
+                );
+                json_reply(&done.now_ms)
             }
             SyncMethod::HostKey => {
                 Err(SyncError::Internal("login is handled before authentication".into()).into())
