@@ -193,6 +193,31 @@ pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64
     Ok((file, len))
 }
 
+/// Like [`prepare_download`], for clients before 2.1.57: they get a schema-11
+/// rendition, written to a private temporary copy (the stored schema-18 file
+/// is only read). The returned guard deletes the copy once it has been sent;
+/// the user's lock is not needed while sending it.
+pub fn prepare_legacy_download(
+    state: &mut UserState,
+    now_ms: i64,
+) -> Result<(File, u64, TempFile), SyncError> {
+    prepare_download(state, now_ms)?;
+    let temp = TempFile {
+        path: state.dir().join(format!(
+            "{COLLECTION_FILE}.legacy-{}-{:x}{TEMP_SUFFIX}",
+            std::process::id(),
+            random_u64()
+        )),
+        installed: false,
+    };
+    let col = state.collection()?;
+    storage::legacy::write_schema11_copy(col, temp.path())
+        .map_err(|e| SyncError::Internal(format!("schema-11 copy: {e}")))?;
+    let file = File::open(temp.path())?;
+    let len = file.metadata()?.len();
+    Ok((file, len, temp))
+}
+
 fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);

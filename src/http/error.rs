@@ -8,6 +8,7 @@ use crate::auth::AuthError;
 use crate::collection::SyncError;
 
 use super::framing::FramingError;
+use super::multipart::MultipartError;
 use super::route::RouteError;
 
 #[derive(Debug)]
@@ -55,6 +56,19 @@ impl From<SyncError> for HandlerError {
         HandlerError::Sync(e)
     }
 }
+impl From<MultipartError> for HandlerError {
+    fn from(e: MultipartError) -> Self {
+        match e {
+            MultipartError::TooLarge(limit) => HandlerError::Framing(FramingError::TooLarge(limit)),
+            MultipartError::Io(e) => HandlerError::Framing(FramingError::Io(e)),
+            MultipartError::Storage(e) => {
+                HandlerError::Sync(SyncError::Internal(format!("legacy form data: {e}")))
+            }
+            other => HandlerError::Framing(FramingError::BadBody(format!("legacy form: {other}"))),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for HandlerError {
     fn from(e: rusqlite::Error) -> Self {
         HandlerError::Sync(e.into())

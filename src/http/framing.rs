@@ -63,7 +63,7 @@ impl fmt::Display for FramingError {
         match self {
             FramingError::BadHeader(e) => write!(f, "bad anki-sync header: {e}"),
             FramingError::UnsupportedVersion(v) => write!(f, "unsupported sync version: {v}"),
-            FramingError::BadBody(e) => write!(f, "decoding zstd body: {e}"),
+            FramingError::BadBody(e) => write!(f, "decoding request body: {e}"),
             FramingError::TooLarge(l) => write!(f, "{l}"),
             FramingError::Io(e) => write!(f, "reading request body: {e}"),
         }

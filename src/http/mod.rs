@@ -5,9 +5,11 @@ pub mod error;
 pub mod framing;
 pub mod limit;
 mod media_service;
+pub mod multipart;
 pub mod route;
 pub mod server;
 mod service;
+pub mod spill;
 
 pub use server::run;
 pub use service::Service;

@@ -15,7 +15,9 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::error::HandlerError;
 use super::framing::{self, BodyLimits, FramingError, SYNC_VERSION_ZSTD, SyncHeader};
-use super::route::{Route, SyncMethod, Verb, route};
+use super::multipart::{self, LegacyForm};
+use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
+use super::spill::Spill;
 use crate::auth::Users;
 use crate::collection::SyncError;
 use crate::collection::changes::{self, ApplyChangesRequest};
@@ -172,21 +174,6 @@ impl Service {
         if route == Route::Index {
             return Ok(Reply::Page(self.index_page(request)));
         }
-        let sync_header = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("anki-sync"))
-            .map(|h| h.value.as_str().to_string());
-        let Some(sync_header) = sync_header else {
-            return Err(FramingError::BadHeader(
-                "missing anki-sync header (clients older than Anki 2.1.57 are not supported yet)"
-                    .into(),
-            )
-            .into());
-        };
-        let header = SyncHeader::parse(&sync_header)?;
-        *version = header.version;
-        fields.client = Some(header.client.clone());
         let limits = BodyLimits {
             compressed: self.config.max_body_bytes(),
             decompressed: match route {
@@ -194,11 +181,26 @@ impl Service {
                 _ => self.config.max_payload_bytes(),
             },
         };
-        let mut body = Body {
-            request,
-            received,
-            limits,
+        let sync_header = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("anki-sync"))
+            .map(|h| h.value.as_str().to_string());
+        let (header, mut body) = match sync_header {
+            Some(value) => {
+                let header = SyncHeader::parse(&value)?;
+                let body = Body {
+                    source: Source::Zstd(request),
+                    received,
+                    limits,
+                };
+                (header, body)
+            }
+            // No header: a client older than 2.1.57 (multipart + gzip).
+            None => self.legacy_request(request, route, received, limits)?,
         };
+        *version = header.version;
+        fields.client = Some(header.client.clone());
 
         if route == Route::Sync(SyncMethod::HostKey) {
             let login: LoginRequest = body.json()?;
@@ -286,11 +288,13 @@ impl Service {
                 body.discard()?;
                 slot.lock().abort_sync();
                 if header.version < SYNC_VERSION_ZSTD {
-                    return Err(SyncError::BadRequest(
-                        "schema-11 downloads for clients before 2.1.57 are not supported yet"
-                            .into(),
-                    )
-                    .into());
+                    let (file, len, copy) =
+                        full::prepare_legacy_download(&mut slot.lock(), now_millis())?;
+                    return Ok(Reply::File {
+                        file,
+                        len,
+                        _hold: Box::new(copy),
+                    });
                 }
                 let mut state = slot.lock();
                 let (file, len) = full::prepare_download(&mut state, now_millis())?;
@@ -383,6 +387,71 @@ impl Service {
         }
     }
 
+    /// Reads a legacy request: the whole multipart form (its `data` part kept
+    /// in a [`Spill`]), or for `GET /msync/begin` the query string. Legacy
+    /// requests count as protocol version 10, as upstream.
+    fn legacy_request<'r>(
+        &self,
+        request: &'r mut Request,
+        route: Route,
+        received: &'r Cell<u64>,
+        limits: BodyLimits,
+    ) -> Result<(SyncHeader, Body<'r>), HandlerError> {
+        let mut header = SyncHeader {
+            version: LEGACY_VERSION,
+            hkey: String::new(),
+            client: String::new(),
+            session: String::new(),
+        };
+        if request.method() == &Method::Get {
+            // Only `/msync/begin` routes a GET here: `?k=HKEY&v=VERSION`.
+            let query = request.url().split_once('?').map(|(_, q)| q).unwrap_or("");
+            header.hkey = query_param(query, "k").unwrap_or_default();
+            let client = query_param(query, "v");
+            header.client = client.clone().unwrap_or_default();
+            let body = Body {
+                source: Source::Bytes(begin_payload(client)),
+                received,
+                limits,
+            };
+            return Ok((header, body));
+        }
+        let content_type = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Content-Type"))
+            .map(|h| h.value.as_str().to_string())
+            .unwrap_or_default();
+        let boundary = multipart::boundary(&content_type)?;
+        let mut data = Spill::new(&self.config.base.join(SPILL_DIR));
+        let counted = Counted {
+            inner: request.as_reader(),
+            count: received,
+        };
+        let form_limits = multipart::FormLimits {
+            body: limits.compressed,
+            data: limits.compressed,
+        };
+        let form = multipart::read_form(counted, &boundary, &mut data, form_limits)?;
+        header.hkey = form.hkey().unwrap_or_default().to_string();
+        header.session = form.s.clone().unwrap_or_default();
+        header.client = form.v.clone().unwrap_or_default();
+        let source = if route == Route::Media(MediaMethod::Begin) {
+            // Upstream puts the form's `v` into begin's JSON.
+            Source::Bytes(begin_payload(form.v.clone()))
+        } else {
+            Source::Legacy { form, data }
+        };
+        Ok((
+            header,
+            Body {
+                source,
+                received,
+                limits,
+            },
+        ))
+    }
+
     /// What a person sees when opening the server's address in a browser:
     /// that it runs, and the exact URL to type into Anki.
     fn index_page(&self, request: &Request) -> String {
@@ -442,19 +511,38 @@ fn carries_small_json(method: SyncMethod) -> bool {
 
 /// The request body, read at most once, through the byte budgets.
 pub(super) struct Body<'r> {
-    request: &'r mut Request,
+    source: Source<'r>,
     received: &'r Cell<u64>,
     limits: BodyLimits,
 }
 
+/// Where a request's payload comes from.
+enum Source<'r> {
+    /// Current clients: one zstd frame, read from the socket as it arrives.
+    Zstd(&'r mut Request),
+    /// Legacy clients: the form's `data` part, already read, maybe gzip.
+    Legacy { form: LegacyForm, data: Spill },
+    /// A payload built here (legacy media `begin`).
+    Bytes(Vec<u8>),
+}
+
 impl Body<'_> {
     pub(super) fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
-        let counted = Counted {
-            inner: self.request.as_reader(),
-            count: self.received,
-        };
-        framing::zstd_body(counted, self.limits)
-            .map_err(|e| FramingError::from_body_error(e).into())
+        match &mut self.source {
+            Source::Zstd(request) => {
+                let counted = Counted {
+                    inner: request.as_reader(),
+                    count: self.received,
+                };
+                framing::zstd_body(counted, self.limits)
+                    .map_err(|e| FramingError::from_body_error(e).into())
+            }
+            Source::Legacy { form, data } => {
+                let saved = data.reader().map_err(SyncError::from)?;
+                Ok(multipart::payload(form, saved, self.limits.decompressed))
+            }
+            Source::Bytes(bytes) => Ok(Box::new(&bytes[..])),
+        }
     }
 
     /// Parses the body as JSON.
@@ -475,6 +563,55 @@ impl Body<'_> {
             .map(|_| ())
             .map_err(|e| FramingError::from_body_error(e).into())
     }
+}
+
+/// Every multipart request is taken to be protocol version 10, as upstream.
+const LEGACY_VERSION: u8 = 10;
+/// Folder under `SYNC_BASE` for legacy form data too large to keep in memory.
+pub const SPILL_DIR: &str = ".spill";
+
+/// `{"v": VERSION}`, or `{}` without a version (which begin refuses).
+fn begin_payload(client: Option<String>) -> Vec<u8> {
+    match client {
+        Some(v) => serde_json::json!({ "v": v }).to_string().into_bytes(),
+        None => b"{}".to_vec(),
+    }
+}
+
+/// A percent-decoded query parameter (`+` is a space).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Counts bytes read from the socket, for the log line.
@@ -579,4 +716,28 @@ fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
 fn header(name: &'static str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes())
         .expect("header names and values built here are plain ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let q = "k=abc%2Fd&v=ankidesktop%2C2.1.56+(x)%2Clinux&bad=%zz%4";
+        assert_eq!(query_param(q, "k").as_deref(), Some("abc/d"));
+        assert_eq!(
+            query_param(q, "v").as_deref(),
+            Some("ankidesktop,2.1.56 (x),linux")
+        );
+        assert_eq!(query_param(q, "bad").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(percent_decode("é%C3%A9"), "éé");
+    }
+
+    #[test]
+    fn begin_payload_carries_the_version() {
+        assert_eq!(begin_payload(Some("a,b".into())), br#"{"v":"a,b"}"#);
+        assert_eq!(begin_payload(None), b"{}");
+    }
 }
