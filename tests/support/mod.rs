@@ -49,32 +49,40 @@ fn repo_root() -> &'static Path {
 /// processes) the venv holding `anki==26.9.3` and returns its python.
 pub fn ensure_venv() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let script = repo_root().join("tests/setup-venv.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("anki26")
-                .current_dir(repo_root())
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success(),
-                "{} failed ({}):\n{stderr}",
-                script.display(),
-                out.status
-            );
-            let python = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-            assert!(
-                python.is_file(),
-                "setup-venv.sh printed no python path:\n{stdout}\n{stderr}"
-            );
-            python
-        })
-        .clone()
+    PYTHON.get_or_init(|| setup_venv("anki26")).clone()
+}
+
+/// Like `ensure_venv`, for the legacy client: the `anki2156` venv holding
+/// `anki==2.1.56` (sync protocol v10, multipart framing).
+pub fn ensure_legacy_venv() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| setup_venv("anki2156")).clone()
+}
+
+/// Runs `tests/setup-venv.sh NAME` and returns the python it printed.
+fn setup_venv(name: &str) -> PathBuf {
+    let script = repo_root().join("tests/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {name} failed ({}):\n{stderr}",
+        script.display(),
+        out.status
+    );
+    let python = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        python.is_file(),
+        "setup-venv.sh {name} printed no python path:\n{stdout}\n{stderr}"
+    );
+    python
 }
 
 /// Which implementation a `Server` runs.
@@ -319,9 +327,11 @@ fn health_status(port: u16) -> Option<u16> {
     code.parse().ok()
 }
 
-/// A failed run of `anki_client.py`.
+/// A failed run of `anki_client.py` (or `legacy_client.py`).
 #[derive(Debug)]
 pub struct ClientError {
+    /// The driver's file name.
+    pub driver: &'static str,
     pub args: Vec<String>,
     pub status: std::process::ExitStatus,
     pub stderr: String,
@@ -346,8 +356,8 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "anki_client.py {:?} failed ({}):\n{}",
-            self.args, self.status, self.stderr
+            "{} {:?} failed ({}):\n{}",
+            self.driver, self.args, self.status, self.stderr
         )
     }
 }
@@ -355,8 +365,23 @@ impl fmt::Display for ClientError {
 /// Runs `tests/client/anki_client.py ARGS` with the venv python and returns
 /// the JSON it printed.
 pub fn client(args: &[&str]) -> Result<Value, ClientError> {
-    let script = repo_root().join("tests/client/anki_client.py");
-    let out = Command::new(ensure_venv())
+    run_driver(ensure_venv(), "anki_client.py", args)
+}
+
+/// Runs `tests/client/legacy_client.py ARGS` (Anki 2.1.56) with the legacy
+/// venv's python and returns the JSON it printed.
+pub fn legacy_client(args: &[&str]) -> Result<Value, ClientError> {
+    run_driver(ensure_legacy_venv(), "legacy_client.py", args)
+}
+
+/// Like `legacy_client`, but panics with the driver's stderr on failure.
+pub fn legacy_client_ok(args: &[&str]) -> Value {
+    legacy_client(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_driver(python: PathBuf, driver: &'static str, args: &[&str]) -> Result<Value, ClientError> {
+    let script = repo_root().join("tests/client").join(driver);
+    let out = Command::new(python)
         .arg(&script)
         .args(args)
         // Keep __pycache__ out of the source tree.
@@ -372,6 +397,7 @@ pub fn client(args: &[&str]) -> Result<Value, ClientError> {
             .and_then(|line| serde_json::from_str(line).ok());
         let args = args.iter().map(|a| a.to_string()).collect();
         return Err(ClientError {
+            driver,
             args,
             status: out.status,
             stderr,
@@ -379,7 +405,7 @@ pub fn client(args: &[&str]) -> Result<Value, ClientError> {
         });
     }
     let value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("anki_client.py {args:?} printed no JSON ({e}):\n{stderr}"));
+        .unwrap_or_else(|e| panic!("{driver} {args:?} printed no JSON ({e}):\n{stderr}"));
     Ok(value)
 }
 
@@ -399,6 +425,28 @@ impl Account<'_> {
     /// Runs `COMMAND --path PATH --endpoint .. --user .. --password ..`
     /// (`login` takes no path: pass `None`).
     pub fn run(&self, command: &str, path: Option<&Path>) -> Result<Value, ClientError> {
+        self.run_with(client, command, path)
+    }
+
+    /// `run`, with the legacy client (`legacy_client.py`, Anki 2.1.56).
+    pub fn run_legacy(&self, command: &str, path: Option<&Path>) -> Result<Value, ClientError> {
+        self.run_with(legacy_client, command, path)
+    }
+
+    /// `sync` with the legacy client.
+    pub fn sync_legacy(&self, path: &Path) -> String {
+        let out = self
+            .run_legacy("sync", Some(path))
+            .unwrap_or_else(|e| panic!("{e}"));
+        out["required"].as_str().expect("required").to_string()
+    }
+
+    fn run_with(
+        &self,
+        driver: fn(&[&str]) -> Result<Value, ClientError>,
+        command: &str,
+        path: Option<&Path>,
+    ) -> Result<Value, ClientError> {
         let endpoint = self.server.endpoint();
         let path = path.map(|p| p.to_str().expect("utf-8 path"));
         let mut args = vec![command];
@@ -413,7 +461,7 @@ impl Account<'_> {
             "--password",
             self.password,
         ]);
-        client(&args)
+        driver(&args)
     }
 
     /// `sync`, returning the `required` outcome (`NO_CHANGES`, `FULL_UPLOAD`, ...).
