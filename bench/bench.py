@@ -2,11 +2,13 @@
 """Benchmarks anki-sync-lite against the official sync server in one run.
 
 Both servers get the same workloads, each on a fresh instance with its own
-temporary SYNC_BASE on 127.0.0.1: idle memory, sequential logins, and full
-upload / full download of generated collections. The client is the real Anki
-library (imported here, so timings carry no process start-up), and every
-download is checked for the right note and card counts so a broken server
-cannot look fast. Prints a markdown table; exits 1 if any workload failed.
+temporary SYNC_BASE on 127.0.0.1: idle memory, sequential logins, full
+upload / full download of generated collections, normal syncs between two
+devices, and four users syncing at once from separate client processes. The
+client is the real Anki library (imported here, so timings carry no process
+start-up, except the concurrent one's), and every workload checks what arrived
+so a broken server cannot look fast. Prints a markdown table; exits 1 if any
+workload failed.
 
 Run it through bench/run, which prepares the venv and the release binary; see
 bench/README.md.
@@ -18,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,6 +38,7 @@ from typing import Callable, TypeVar
 try:
     import anki.buildinfo
     from anki.collection import Collection
+    from anki.sync_pb2 import SyncCollectionResponse
 except ImportError:
     sys.exit("bench.py needs the anki library: run it through bench/run")
 
@@ -160,7 +164,10 @@ class Server:
     """One server process on a free loopback port with its own SYNC_BASE,
     created under `workdir`; `stop()` kills it and removes its files."""
 
-    def __init__(self, kind: str, command: list[str], workdir: Path) -> None:
+    def __init__(
+        self, kind: str, command: list[str], workdir: Path,
+        users: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
         self.port = free_port()
@@ -171,8 +178,9 @@ class Server:
             for k, v in os.environ.items()
             if not (k.startswith("SYNC_") or k in ("MAX_SYNC_PAYLOAD_MEGS", "PASSWORDS_HASHED"))
         }
+        for n, (user, password) in enumerate(users or [(USER, PASSWORD)], 1):
+            env[f"SYNC_USER{n}"] = f"{user}:{password}"
         env.update(
-            SYNC_USER1=f"{USER}:{PASSWORD}",
             SYNC_HOST="127.0.0.1",
             SYNC_PORT=str(self.port),
             SYNC_BASE=str(base),
@@ -252,9 +260,9 @@ class Bench:
     repeats: int
     servers: list[Server] = field(default_factory=list)
 
-    def start(self, kind: str) -> Server:
+    def start(self, kind: str, users: list[tuple[str, str]] | None = None) -> Server:
         for _ in range(START_ATTEMPTS):
-            server = Server(kind, self.commands[kind], self.workdir)
+            server = Server(kind, self.commands[kind], self.workdir, users)
             self.servers.append(server)
             try:
                 server.wait_healthy()
@@ -485,6 +493,243 @@ def round_trip(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
     return run
 
 
+# ---------------------------------------------------------------- normal sync
+# Issue 3's incremental workloads: two devices hold the same collection
+# (setup, not timed), then single normal syncs are timed, and several users
+# sync at once from separate client processes.
+
+NORMAL_SYNC_TIMEOUT = 180.0
+NEW_NOTES = 5_000
+CONCURRENT_USERS = 4
+CONCURRENT_NOTES = 2_000
+CONCURRENT_ROUNDS = 20
+CONCURRENT_EDITS = 3  # notes edited per round (plus one added)
+CONCURRENT_TIMEOUT = 600.0
+WORKER = REPO / "bench/sync_worker.py"
+
+
+def driver_module():
+    """tests/client/anki_client.py as a module, for its add_notes helper."""
+    sys.path.insert(0, str(DRIVER.parent))
+    try:
+        import anki_client
+    finally:
+        sys.path.remove(str(DRIVER.parent))
+    return anki_client
+
+
+def two_devices(
+    server: Server, source: Path, tmp: Path, user: str = USER, password: str = PASSWORD
+) -> tuple[Path, Path]:
+    """Device A (a copy of `source`) full-uploads, device B full-downloads;
+    returns their paths, both closed and ready for normal syncs."""
+    a, b = tmp / f"{user}-a.anki2", tmp / f"{user}-b.anki2"
+    shutil.copyfile(source, a)
+    for path, upload in ((a, True), (b, False)):
+        col = opened(path)
+        try:
+            auth = guarded(server, LOGIN_TIMEOUT,
+                           lambda: col.sync_login(user, password, server.endpoint))
+            col.close_for_full_sync()
+            guarded(server, FULL_SYNC_TIMEOUT,
+                    lambda: col.full_upload_or_download(auth=auth, server_usn=None, upload=upload))
+            col.reopen(after_full_sync=True)
+        finally:
+            col.close()
+    return a, b
+
+
+def normal_sync(server: Server, col: Collection) -> Phase:
+    """Times one normal sync (the login before it is not timed); a sync that
+    asks for a full sync fails the workload."""
+    auth = login(col, server)
+    outcome = []
+    phase = measured(server, NORMAL_SYNC_TIMEOUT,
+                     lambda: outcome.append(col.sync_collection(auth, sync_media=False)))
+    required = SyncCollectionResponse.ChangesRequired
+    if outcome[0].required not in (required.NO_CHANGES, required.NORMAL_SYNC):
+        raise BenchError(f"normal sync answered {required.Name(outcome[0].required)}")
+    return phase
+
+
+def phase_rows(label: str, phase: Phase) -> list[Row]:
+    return [
+        (label, "wall s", phase.wall, "s"),
+        (label, "server CPU s", phase.cpu, "s"),
+        (label, "server peak RSS MB", phase.peak_mb, "mb"),
+    ]
+
+
+def incremental(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
+    """One edited note up (A) and down (B), then NEW_NOTES new notes up and
+    down, on two devices holding `prepared`; B must end up with A's content."""
+    add_notes = driver_module().add_notes
+
+    def once(bench: Bench, kind: str, tmp: Path) -> list[Phase]:
+        server = bench.start(kind)
+        a_path, b_path = two_devices(server, prepared.path, tmp)
+        a, b = opened(a_path), opened(b_path)
+        try:
+            nid = min(a.find_notes(""))
+            note = a.get_note(nid)
+            text = f"edited for the bench on {kind}"
+            note.fields[0] = text
+            a.update_note(note)
+            one_up, one_down = normal_sync(server, a), normal_sync(server, b)
+            if b.get_note(nid).fields[0] != text:
+                raise BenchError(f"B's note {nid} lacks A's edit after its sync")
+
+            add_notes(a, NEW_NOTES, random.Random(3), [a.decks.id("Default")])
+            new_up, new_down = normal_sync(server, a), normal_sync(server, b)
+            want = prepared.notes + NEW_NOTES
+            got = {"A": a.note_count(), "B": b.note_count()}
+            if got != {"A": want, "B": want}:
+                raise BenchError(f"after {NEW_NOTES} new notes: {got} notes, want {want}")
+            if b.card_count() != a.card_count():
+                raise BenchError(f"cards: B {b.card_count()}, A {a.card_count()}")
+        finally:
+            a.close()
+            b.close()
+        return [one_up, one_down, new_up, new_down]
+
+    def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+        runs = []
+        for attempt in range(bench.repeats):
+            attempt_dir = tmp / str(attempt)
+            attempt_dir.mkdir()
+            try:
+                runs.append(once(bench, kind, attempt_dir))
+            finally:
+                bench.stop_all()
+        base = f"{prepared.notes // 1000}k"
+        names = (f"1 edited note up, {base} notes", f"1 edited note down, {base} notes",
+                 f"{NEW_NOTES // 1000}k new notes up, {base} notes",
+                 f"{NEW_NOTES // 1000}k new notes down, {base} notes")
+        rows: list[Row] = []
+        for i, name in enumerate(names):
+            rows += phase_rows(name, summary([phases[i] for phases in runs]))
+        return rows
+
+    return run
+
+
+def server_notes(server: Server, user: str, password: str, tmp: Path) -> dict[int, str]:
+    """{note id: first field} of what the server holds for `user`, through a
+    full download to a fresh client (the official server keeps its collection
+    files locked, so they cannot be read directly)."""
+    col = opened(tmp / f"{user}-check.anki2")
+    try:
+        auth = guarded(server, LOGIN_TIMEOUT,
+                       lambda: col.sync_login(user, password, server.endpoint))
+        col.close_for_full_sync()
+        guarded(server, FULL_SYNC_TIMEOUT,
+                lambda: col.full_upload_or_download(auth=auth, server_usn=None, upload=False))
+        col.reopen(after_full_sync=True)
+        return {nid: flds.split("\x1f", 1)[0]
+                for nid, flds in col.db.all("select id, flds from notes")}
+    finally:
+        col.close()
+
+
+def concurrent(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
+    """CONCURRENT_USERS users on one server, each with `prepared` on two
+    devices; one client process per user runs CONCURRENT_ROUNDS rounds of
+    (edit, add a note, normal sync). Timed from launching the processes to
+    the last exit; afterwards every user's server collection must hold its
+    added notes and last edits."""
+    users = [(f"{USER}{n}", f"{PASSWORD}-{n}") for n in range(1, CONCURRENT_USERS + 1)]
+
+    def once(bench: Bench, kind: str, tmp: Path) -> Phase:
+        server = bench.start(kind, users)
+        devices = {user: two_devices(server, prepared.path, tmp, user, password)
+                   for user, password in users}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        procs: list[tuple[str, subprocess.Popen]] = []
+        peak_ok = reset_peak(server.pid)
+        cpu0 = cpu_seconds(server.pid)
+        started = time.perf_counter()
+        try:
+            for user, password in users:
+                a, b = devices[user]
+                cmd = [sys.executable, str(WORKER), "--endpoint", server.endpoint,
+                       "--user", user, "--password", password, "--device", str(a),
+                       "--device", str(b), "--rounds", str(CONCURRENT_ROUNDS),
+                       "--edits", str(CONCURRENT_EDITS)]
+                procs.append((user, subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, env=env)))
+            deadline = started + CONCURRENT_TIMEOUT
+            outputs = {}
+            for user, proc in procs:
+                try:
+                    outputs[user] = proc.communicate(timeout=max(0.0, deadline - time.perf_counter()))
+                except subprocess.TimeoutExpired:
+                    raise BenchError(f"{user}'s client still running after {CONCURRENT_TIMEOUT:.0f} s")
+            wall = time.perf_counter() - started
+        finally:
+            for _, proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        cpu = cpu_seconds(server.pid) - cpu0
+        peak = rss_mb(server.pid, "VmHWM") if peak_ok else None
+        server.check_alive()
+
+        for (user, password), (_, proc) in zip(users, procs):
+            out, err = outputs[user]
+            if proc.returncode != 0:
+                raise BenchError(f"{user}'s client failed ({proc.returncode}): "
+                                 f"{err.strip().splitlines()[-1:] or ''}")
+            markers = json.loads(out)["markers"]
+            held = server_notes(server, user, password, tmp)
+            want = prepared.notes + CONCURRENT_ROUNDS
+            if len(held) != want:
+                raise BenchError(f"server holds {len(held)} notes for {user}, want {want}")
+            wrong = {nid: text for nid, text in markers.items() if held.get(int(nid)) != text}
+            if wrong:
+                raise BenchError(f"server lacks {len(wrong)} of {user}'s changes, e.g. "
+                                 f"{next(iter(wrong.items()))}")
+        return Phase(wall, cpu, peak)
+
+    def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+        phases = []
+        for attempt in range(bench.repeats):
+            attempt_dir = tmp / str(attempt)
+            attempt_dir.mkdir()
+            try:
+                phases.append(once(bench, kind, attempt_dir))
+            finally:
+                bench.stop_all()
+        phase = summary(phases)
+        label = (f"{CONCURRENT_USERS} users × {CONCURRENT_ROUNDS} rounds, "
+                 f"{prepared.notes // 1000}k notes each")
+        syncs = CONCURRENT_USERS * CONCURRENT_ROUNDS
+        return phase_rows(label, phase) + [
+            (label, "server CPU ms per sync", phase.cpu / syncs * 1000, "ms"),
+        ]
+
+    return run
+
+
+def normal_sync_workloads(
+    sizes: tuple[int, ...], errors: list[str]
+) -> list[tuple[str, Callable[[Bench, str, Path], list[Row]]]]:
+    """Incremental syncs on the largest collection of the run (50k notes, or
+    5k with --quick), and the concurrent users on small ones."""
+    workloads = []
+    try:
+        prepared = prepare(sys.executable, sizes[-1])
+        workloads.append((f"incremental sync {prepared.label}", incremental(prepared)))
+    except Exception as err:
+        errors.append(f"preparing {sizes[-1]} notes: {err}")
+    try:
+        prepared = prepare(sys.executable, CONCURRENT_NOTES)
+        workloads.append((f"concurrent {CONCURRENT_USERS} users", concurrent(prepared)))
+    except Exception as err:
+        errors.append(f"preparing {CONCURRENT_NOTES} notes: {err}")
+    return workloads
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -555,13 +800,19 @@ def table(results: dict[str, dict[str, list[Row]]], failed: set[tuple[str, str]]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5k-note collection only")
+    parser.add_argument(
+        "--only-workloads", metavar="NAMES",
+        help="comma-separated workload kinds to run (the first word of a workload's name: "
+        "idle, login, full, incremental, concurrent, ...); default all",
+    )
     parser.add_argument("--only", choices=KINDS, help="run one server only")
     parser.add_argument(
         "--binary", default=str(TARGET / "release/anki-sync-lite"), help="our server binary"
     )
     parser.add_argument(
         "--repeat", type=int, default=3, metavar="N",
-        help="runs of the login and full sync workloads (fresh server each); "
+        help="runs of the login, full, incremental and concurrent sync workloads "
+        "(fresh server each); "
         "times are medians, peaks the highest (default 3)",
     )
     args = parser.parse_args()
@@ -587,6 +838,13 @@ def main() -> int:
             workloads.append((f"full sync {prepared.label}", round_trip(prepared)))
         except Exception as err:
             errors.append(f"preparing {notes} notes: {err}")
+    workloads += normal_sync_workloads(sizes, errors)
+    if args.only_workloads:
+        wanted = {name.strip() for name in args.only_workloads.split(",") if name.strip()}
+        known = {name.split()[0] for name, _ in workloads}
+        if wanted - known:
+            parser.error(f"unknown workloads {sorted(wanted - known)}; known: {sorted(known)}")
+        workloads = [w for w in workloads if w[0].split()[0] in wanted]
 
     results: dict[str, dict[str, list[Row]]] = {}
     failed: set[tuple[str, str]] = set()
@@ -618,7 +876,7 @@ def main() -> int:
     print(f"- CPU: {cpu_model()}, {os.cpu_count()} cores")
     print(f"- ours: {args.binary} (git {git_revision()}); "
           f"official: anki {anki.buildinfo.version} (`python -m anki.syncserver`)")
-    print(f"- login and full sync: median of {args.repeat} runs, each on a fresh server; "
+    print(f"- all but idle: median of {args.repeat} runs, each on a fresh server; "
           f"peak RSS: highest VmHWM of those runs")
     print(f"- server CPU: utime+stime from /proc/PID/stat, resolution {1 / CLK_TCK:.3f} s")
     print(f"- runtime: {time.monotonic() - started:.0f} s\n")
