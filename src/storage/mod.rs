@@ -37,6 +37,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     register_unicase(&conn)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)?;
+    // Statement journals (one per `insert or replace` while a sync applies
+    // rows) are small: keep them in memory instead of temp files on disk.
+    conn.pragma_update(None, "temp_store", "memory")?;
     Ok(conn)
 }
 
