@@ -2,6 +2,7 @@
 //! same meaning, so the documented variables stay the one source of truth.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 anki-sync-lite: a small self-hosted Anki sync server
@@ -9,6 +10,10 @@ anki-sync-lite: a small self-hosted Anki sync server
 USAGE:
     anki-sync-lite [OPTIONS]        serve
     anki-sync-lite --healthcheck    exit 0 if a server answers on SYNC_HOST:SYNC_PORT, else 1
+    anki-sync-lite import-ankisyncd DIR [--base DIR] [--force]
+                                    copy the users of an old Python ankisyncd (DIR: its folder
+                                    with auth.db and collections/) into SYNC_BASE; stop both
+                                    servers first; --force replaces users that have data
 
 OPTIONS (each overrides the environment variable in brackets):
     --host IP           address to listen on [SYNC_HOST, default 0.0.0.0]
@@ -32,6 +37,11 @@ pub enum Command {
     Healthcheck,
     Help,
     Version,
+    /// `import-ankisyncd DIR [--force]`.
+    ImportAnkisyncd {
+        dir: PathBuf,
+        force: bool,
+    },
 }
 
 /// Parses the arguments, writing flag values into `env` under the names of
@@ -41,8 +51,15 @@ pub fn parse(
     env: &mut HashMap<String, String>,
 ) -> Result<Command, String> {
     let mut command = Command::Serve;
+    // `Some(None)` once `import-ankisyncd` is seen, `Some(Some(dir))` after its folder.
+    let mut import: Option<Option<String>> = None;
+    let mut force = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
+        if import == Some(None) && !arg.starts_with('-') {
+            import = Some(Some(arg));
+            continue;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
@@ -60,6 +77,14 @@ pub fn parse(
                 command = Command::Healthcheck;
                 continue;
             }
+            "import-ankisyncd" if import.is_none() => {
+                import = Some(None);
+                continue;
+            }
+            "--force" => {
+                force = true;
+                continue;
+            }
             "--host" => "SYNC_HOST",
             "--port" => "SYNC_PORT",
             "--base" => "SYNC_BASE",
@@ -74,7 +99,17 @@ pub fn parse(
         };
         env.insert(var.to_string(), value);
     }
-    Ok(command)
+    match (import, command) {
+        (_, c @ (Command::Help | Command::Version)) => Ok(c),
+        (Some(Some(dir)), Command::Serve) => Ok(Command::ImportAnkisyncd {
+            dir: PathBuf::from(dir),
+            force,
+        }),
+        (Some(Some(_)), _) => Err("--healthcheck cannot be combined with import-ankisyncd".into()),
+        (Some(None), _) => Err("import-ankisyncd needs the ankisyncd folder (see --help)".into()),
+        (None, _) if force => Err("--force only applies to import-ankisyncd".into()),
+        (None, command) => Ok(command),
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +138,36 @@ mod tests {
         assert_eq!(run(&["--help"]).0, Ok(Command::Help));
         assert!(run(&["--port"]).0.unwrap_err().contains("needs a value"));
         assert!(run(&["--bogus"]).0.unwrap_err().contains("unknown option"));
+    }
+
+    #[test]
+    fn import_ankisyncd_takes_a_folder_and_flags_in_any_order() {
+        let (cmd, env) = run(&["import-ankisyncd", "/srv/old", "--base", "/srv/new"]);
+        let want = Command::ImportAnkisyncd {
+            dir: PathBuf::from("/srv/old"),
+            force: false,
+        };
+        assert_eq!(cmd, Ok(want));
+        assert_eq!(env["SYNC_BASE"], "/srv/new");
+        let (cmd, _) = run(&["--force", "import-ankisyncd", "--base=/b", "old"]);
+        let want = Command::ImportAnkisyncd {
+            dir: PathBuf::from("old"),
+            force: true,
+        };
+        assert_eq!(cmd, Ok(want));
+        assert!(
+            run(&["import-ankisyncd"])
+                .0
+                .unwrap_err()
+                .contains("needs the ankisyncd folder")
+        );
+        assert!(run(&["--force"]).0.unwrap_err().contains("only applies"));
+        assert!(
+            run(&["import-ankisyncd", "a", "b"])
+                .0
+                .unwrap_err()
+                .contains("unknown option")
+        );
+        assert_eq!(run(&["import-ankisyncd", "--help"]).0, Ok(Command::Help));
     }
 }

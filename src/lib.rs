@@ -11,5 +11,6 @@ pub mod collection;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod migrate;
 pub mod storage;
 pub mod user;
