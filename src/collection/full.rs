@@ -14,6 +14,7 @@ use log::{info, warn};
 use rusqlite::Connection;
 
 use super::SyncError;
+use crate::backup;
 use crate::storage;
 use crate::user::{COLLECTION_FILE, TEMP_SUFFIX, UserState};
 
@@ -37,6 +38,13 @@ pub struct TempFile {
 impl TempFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Renames the file to `to` (in the same file system) and keeps it.
+    pub fn persist(mut self, to: &Path) -> io::Result<()> {
+        fs::rename(&self.path, to)?;
+        self.installed = true;
+        Ok(())
     }
 }
 
@@ -142,14 +150,25 @@ fn check_collection(conn: &Connection) -> Result<(), String> {
 /// Replaces the user's collection with a checked upload. Runs under the
 /// user's lock.
 pub fn install(state: &mut UserState, mut temp: TempFile) -> Result<(), SyncError> {
+    // The undo for a wrong "upload to server"; a failed backup only warns.
+    backup::take(state, backup::Reason::BeforeUpload);
+    replace_collection(state, temp.path())?;
+    temp.installed = true;
+    info!(
+        "installed a new collection at {}",
+        state.collection_path().display()
+    );
+    Ok(())
+}
+
+/// Renames the checked collection file `from` (in the user's folder) over
+/// the user's collection. Runs under the user's lock.
+pub fn replace_collection(state: &mut UserState, from: &Path) -> io::Result<()> {
     state.close_collection();
     let target = state.collection_path();
     retire_stale_wal(&target);
-    fs::rename(temp.path(), &target)?;
-    temp.installed = true;
-    sync_dir(state.dir())?;
-    info!("installed a new collection at {}", target.display());
-    Ok(())
+    fs::rename(from, &target)?;
+    sync_dir(state.dir())
 }
 
 /// A WAL left next to the old file (after a crash) would be applied to the
@@ -195,12 +214,13 @@ pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64
 
 /// Like [`prepare_download`], for clients before 2.1.57: they get a schema-11
 /// rendition, written to a private temporary copy (the stored schema-18 file
-/// is only read). The returned guard deletes the copy once it has been sent;
-/// the user's lock is not needed while sending it.
+/// is only read). The copy is unlinked as soon as it is open, so it vanishes
+/// when sent, even if the server dies mid-way; the user's lock is not needed
+/// while sending it.
 pub fn prepare_legacy_download(
     state: &mut UserState,
     now_ms: i64,
-) -> Result<(File, u64, TempFile), SyncError> {
+) -> Result<(File, u64), SyncError> {
     prepare_download(state, now_ms)?;
     let temp = TempFile {
         path: state.dir().join(format!(
@@ -215,7 +235,8 @@ pub fn prepare_legacy_download(
         .map_err(|e| SyncError::Internal(format!("schema-11 copy: {e}")))?;
     let file = File::open(temp.path())?;
     let len = file.metadata()?.len();
-    Ok((file, len, temp))
+    drop(temp);
+    Ok((file, len))
 }
 
 fn sidecar(path: &Path, suffix: &str) -> PathBuf {

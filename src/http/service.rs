@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
@@ -19,6 +20,8 @@ use super::multipart::{self, LegacyForm};
 use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
 use super::spill::Spill;
 use crate::auth::Users;
+use crate::auth::live::LiveUsers;
+use crate::backup;
 use crate::collection::SyncError;
 use crate::collection::changes::{self, ApplyChangesRequest};
 use crate::collection::chunks::{self, ApplyChunkRequest};
@@ -30,10 +33,11 @@ use crate::collection::state;
 use crate::config::Config;
 use crate::user::{UserSlot, UserStore, now_millis};
 
-/// Everything a worker needs; shared read-only by all workers.
+/// Everything a worker needs; shared by all workers.
 pub struct Service {
     pub config: Config,
-    pub users: Users,
+    /// The accounts, reloaded when the users file changes.
+    pub users: LiveUsers,
     pub store: UserStore,
 }
 
@@ -125,7 +129,9 @@ impl Service {
         fields: &mut LogFields,
     ) -> (u16, u64, Option<String>) {
         let mut version = SYNC_VERSION_ZSTD;
-        match self.process(&mut request, received, fields, &mut version) {
+        // The user's slot outlives the reply, which may hold its lock.
+        let mut slot = None;
+        match self.process(&mut request, received, fields, &mut version, &mut slot) {
             Ok(reply) => {
                 // The decoder stops at the end of the zstd frame; whatever
                 // follows (at least the chunked terminator) must be read, or
@@ -159,6 +165,7 @@ impl Service {
         received: &Cell<u64>,
         fields: &mut LogFields,
         version: &mut u8,
+        slot: &'s mut Option<Arc<UserSlot>>,
     ) -> Result<Reply<'s>, HandlerError> {
         let verb = match request.method() {
             Method::Get => Verb::Get,
@@ -202,26 +209,45 @@ impl Service {
         *version = header.version;
         fields.client = Some(header.client.clone());
 
+        let users = self.current_users();
         if route == Route::Sync(SyncMethod::HostKey) {
             let login: LoginRequest = body.json()?;
             fields.user = Some(login.u.clone());
-            let account = self.users.login(&login.u, &login.p)?;
+            // PBKDF2 runs here, on this request's own copy of the table: no lock is held.
+            let account = users.login(&login.u, &login.p)?;
             let answer = serde_json::json!({ "key": account.hkey });
             return Ok(Reply::Bytes(answer.to_string().into_bytes()));
         }
 
-        let account = self.users.by_hkey(&header.hkey)?;
+        let account = users.by_hkey(&header.hkey)?;
         fields.user = Some(account.name.clone());
-        let slot = self
-            .store
-            .slot(&account.name)
-            .ok_or_else(|| SyncError::Internal(format!("no folder for user {}", account.name)))?;
+        let opened = self.store.open(&account.name).map_err(|e| {
+            SyncError::Internal(format!("preparing the folder of {}: {e}", account.name))
+        })?;
+        let slot: &UserSlot = slot.insert(opened);
 
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
             Route::Media(method) => self.media(method, &header, &mut body, slot),
             Route::Health | Route::Index => Ok(Reply::Empty),
         }
+    }
+
+    /// The accounts as of now: a changed users file is reloaded first (one
+    /// `stat` per request otherwise), so additions, new passwords and
+    /// removals take effect at once. Removed users' slots are dropped.
+    fn current_users(&self) -> Arc<Users> {
+        if let Some(change) = self.users.refresh() {
+            for name in &change.removed {
+                self.store.forget(name);
+            }
+            for name in &change.added {
+                if let Err(e) = self.store.open(name) {
+                    error!("preparing the folder of new user {name}: {e}");
+                }
+            }
+        }
+        self.users.current()
     }
 
     /// `/sync/*` after login, under the user's collection lock.
@@ -288,12 +314,12 @@ impl Service {
                 body.discard()?;
                 slot.lock().abort_sync();
                 if header.version < SYNC_VERSION_ZSTD {
-                    let (file, len, copy) =
+                    let (file, len) =
                         full::prepare_legacy_download(&mut slot.lock(), now_millis())?;
                     return Ok(Reply::File {
                         file,
                         len,
-                        _hold: Box::new(copy),
+                        _hold: Box::new(()),
                     });
                 }
                 let mut state = slot.lock();
@@ -312,6 +338,8 @@ impl Service {
             SyncMethod::Start => {
                 let req: StartRequest = body.json()?;
                 let mut user = slot.lock();
+                // Before the day's first incoming changes, so they can be undone.
+                backup::daily(&mut user);
                 state::begin(&mut user, &header.session, req.min_usn, req.lnewer)?;
                 let answer = state::step(&mut user, &header.session, |col, st| {
                     // Ours first: the client's legacy graves must not echo back.
