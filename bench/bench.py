@@ -4,11 +4,11 @@
 Both servers get the same workloads, each on a fresh instance with its own
 temporary SYNC_BASE on 127.0.0.1: idle memory, sequential logins, full
 upload / full download of generated collections, normal syncs between two
-devices, and four users syncing at once from separate client processes. The
-client is the real Anki library (imported here, so timings carry no process
-start-up, except the concurrent one's), and every workload checks what arrived
-so a broken server cannot look fast. Prints a markdown table; exits 1 if any
-workload failed.
+devices, four users syncing at once from separate client processes, media
+files up and down, and a decompression bomb. The client is the real Anki
+library (imported here, so timings carry no process start-up, except the
+concurrent one's), and every workload checks what arrived so a broken server
+cannot look fast. Prints a markdown table; exits 1 if any workload failed.
 
 Run it through bench/run, which prepares the venv and the release binary; see
 bench/README.md.
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import hashlib
+import http.client
 import json
 import os
 import random
@@ -166,7 +169,7 @@ class Server:
 
     def __init__(
         self, kind: str, command: list[str], workdir: Path,
-        users: list[tuple[str, str]] | None = None,
+        users: list[tuple[str, str]] | None = None, payload_megs: str | None = PAYLOAD_MEGS,
     ) -> None:
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
@@ -184,8 +187,9 @@ class Server:
             SYNC_HOST="127.0.0.1",
             SYNC_PORT=str(self.port),
             SYNC_BASE=str(base),
-            MAX_SYNC_PAYLOAD_MEGS=PAYLOAD_MEGS,
         )
+        if payload_megs is not None:  # None: the server's own default
+            env["MAX_SYNC_PAYLOAD_MEGS"] = payload_megs
         self.log_path = self.dir / "server.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -260,9 +264,12 @@ class Bench:
     repeats: int
     servers: list[Server] = field(default_factory=list)
 
-    def start(self, kind: str, users: list[tuple[str, str]] | None = None) -> Server:
+    def start(
+        self, kind: str, users: list[tuple[str, str]] | None = None,
+        payload_megs: str | None = PAYLOAD_MEGS,
+    ) -> Server:
         for _ in range(START_ATTEMPTS):
-            server = Server(kind, self.commands[kind], self.workdir, users)
+            server = Server(kind, self.commands[kind], self.workdir, users, payload_megs)
             self.servers.append(server)
             try:
                 server.wait_healthy()
@@ -368,7 +375,7 @@ def summary(phases: list[Phase]) -> Phase:
 # ---------------------------------------------------------------- workloads
 
 # Each workload returns rows (label, metric, value, unit) for one server.
-Row = tuple[str, str, float | None, str]
+Row = tuple[str, str, float | str | None, str]  # a str value has the unit "text"
 
 
 def idle_rss(bench: Bench, kind: str, tmp: Path) -> list[Row]:
@@ -730,6 +737,208 @@ def normal_sync_workloads(
     return workloads
 
 
+# ---------------------------------------------------------------- media and bombs
+# Issue 4's media figure: MEDIA_FILES files up from one device and down to a
+# fresh one through the library's own media syncer. Issue 8's decompression
+# bomb: a tiny v11 request that inflates to BOMB_BYTES, sent to a bulk and a
+# JSON method.
+
+MEDIA_FILES = 500
+MEDIA_BYTES = 50 * 10**6  # in total; sizes from about 4 KB to 5x the mean (100 KB)
+MEDIA_SYNC_TIMEOUT = 300.0
+BOMB_BYTES = 1 << 30
+BOMB_TIMEOUT = 120.0
+BOMB_METHODS = ("upload", "meta")
+UPLOAD_TOO_LARGE = "collection exceeds size limit"  # the text both servers refuse an upload with
+# Some names outside ASCII, so both servers' name handling is on the measured
+# path; all are names the media manager keeps as given (NFC; it rewrote a
+# capital omega as a small one).
+MEDIA_NAMES = ("café-{:03}.jpg", "日本語-{:03}.png", "ωμέγα {:03}.mp3", "naïve_ß-{:03}.ogg")
+
+
+@functools.cache
+def media_files() -> list[tuple[str, bytes]]:
+    """MEDIA_FILES random files of varied sizes totalling about MEDIA_BYTES,
+    the same in every run; every 50th name is non-ASCII."""
+    rng = random.Random(4)
+    weights = [rng.expovariate(1.0) + 0.05 for _ in range(MEDIA_FILES)]
+    scale = MEDIA_BYTES / sum(weights)
+    files = []
+    for i, weight in enumerate(weights):
+        if i % 50 == 0:
+            name = MEDIA_NAMES[i // 50 % len(MEDIA_NAMES)].format(i)
+        else:
+            name = f"media-{i:03}.{('jpg', 'png', 'mp3', 'webm')[i % 4]}"
+        files.append((name, rng.randbytes(int(weight * scale))))
+    return files
+
+
+def sha1_listing(folder: str) -> dict[str, str]:
+    listing = {}
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), "rb") as f:
+            listing[name] = hashlib.sha1(f.read()).hexdigest()
+    return listing
+
+
+def media_sync(server: Server, col: Collection) -> Phase:
+    """Times one stand-alone media sync (as anki_client.py's media-sync), from
+    `sync_media` until the library reports it finished; the login before it
+    is not timed."""
+    auth = login(col, server)
+
+    def call() -> None:
+        col.sync_media(auth)
+        deadline = time.monotonic() + MEDIA_SYNC_TIMEOUT
+        # Raises the sync's error, if it failed.
+        while col.media_sync_status().active:
+            if time.monotonic() > deadline:
+                col.abort_media_sync()
+                raise BenchError(f"media sync still running after {MEDIA_SYNC_TIMEOUT:.0f} s")
+            time.sleep(0.01)
+
+    return measured(server, MEDIA_SYNC_TIMEOUT + 10, call)
+
+
+def media(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+    """Device A adds media_files() and syncs them up; a fresh device B syncs
+    them down and must hold the same bytes under the same names."""
+    files = media_files()
+
+    def once(tmp: Path) -> tuple[Phase, Phase]:  # one run, in its own folder
+        server = bench.start(kind)
+        a, b = opened(tmp / "a.anki2"), opened(tmp / "b.anki2")
+        try:
+            # Written directly (the media manager's write_data takes 17 s for
+            # these): the names are already what it would keep. The sync then
+            # finds them in its scan, as files added in the app.
+            folder = Path(a.media.dir())
+            for name, data in files:
+                (folder / name).write_bytes(data)
+            stored = {name: hashlib.sha1(data).hexdigest() for name, data in files}
+            up = media_sync(server, a)
+            down = media_sync(server, b)
+            got = sha1_listing(b.media.dir())
+        finally:
+            a.close()
+            b.close()
+        if got != stored:
+            missing, wrong = stored.keys() - got.keys(), {n for n in got if got[n] != stored.get(n)}
+            raise BenchError(f"B's media differ from A's: {len(missing)} missing, "
+                             f"{len(wrong)} unexpected or different, e.g. "
+                             f"{sorted(missing | wrong)[:3]}")
+        return up, down
+
+    ups, downs = [], []
+    for attempt in range(bench.repeats):
+        attempt_dir = tmp / str(attempt)
+        attempt_dir.mkdir()
+        try:
+            up, down = once(attempt_dir)
+        finally:
+            bench.stop_all()
+        ups.append(up)
+        downs.append(down)
+    mb = sum(len(data) for _, data in files) / 10**6
+    label = f"{len(files)} media files ({mb:.0f} MB)"
+    return (phase_rows(f"{label} up", summary(ups))
+            + phase_rows(f"{label} down, fresh device", summary(downs)))
+
+
+def zstd_frame(blocks: list[bytes]) -> bytes:
+    """A zstd frame of the given blocks (each with its 3-byte header), with a
+    128 KiB window and no content size or checksum: decodable by any zstd,
+    built by hand because the venv has no zstd module."""
+    return b"\x28\xb5\x2f\xfd" + b"\x00" + b"\x38" + b"".join(blocks)
+
+
+def zstd_raw(data: bytes) -> bytes:
+    """`data` as one stored (uncompressed) zstd block in its own frame."""
+    if len(data) > 1 << 17:
+        raise ValueError("a raw block holds at most 128 KiB")
+    return zstd_frame([(len(data) << 3 | 1).to_bytes(3, "little") + data])
+
+
+def zstd_bomb(size: int) -> bytes:
+    """A frame of RLE blocks that inflates to `size` spaces (valid JSON
+    whitespace, so a JSON method must decode it all to find it empty): four
+    bytes per 128 KiB, so 32 KiB for 1 GiB."""
+    block = 1 << 17
+    count = size // block
+    return zstd_frame([
+        (block << 3 | 1 << 1 | (i == count - 1)).to_bytes(3, "little") + b" "
+        for i in range(count)
+    ])
+
+
+def raw_post(server: Server, method: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    """POST /sync/`method` as a v11 client would, with a zstd `body`; returns
+    the status and the (still compressed) response body."""
+    hkey = hashlib.sha1(f"{USER}:{PASSWORD}".encode()).hexdigest()
+    header = json.dumps({"v": 11, "k": hkey, "c": f"{anki.buildinfo.version},bench,linux",
+                         "s": "bench"})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request("POST", f"/sync/{method}", body=body,
+                     headers={"anki-sync": header, "Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def bomb(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+    """For each of BOMB_METHODS, on a fresh server with its default payload
+    limit (the setting a real deployment meets the bomb with): a real /sync/meta
+    first, so the user's collection is open, then the bomb; the server's RSS
+    before, its peak during the request, the wall time and the status. Ours
+    must refuse it; the official server's answer is reported as it comes."""
+    payload = zstd_bomb(BOMB_BYTES)
+    meta = zstd_raw(json.dumps({"v": 11, "cv": f"{anki.buildinfo.version},bench,linux"}).encode())
+    label = f"bomb: {len(payload) // 1024} KiB zstd → {BOMB_BYTES >> 30} GiB"
+    results: dict[str, list[tuple[float, float | None, float, str]]] = {m: [] for m in BOMB_METHODS}
+    for _ in range(bench.repeats):
+        for method in BOMB_METHODS:
+            server = bench.start(kind, payload_megs=None)
+            try:
+                status, _ = guarded(server, LOGIN_TIMEOUT,
+                                    lambda: raw_post(server, "meta", meta, LOGIN_TIMEOUT))
+                if status != 200:
+                    raise BenchError(f"a plain /sync/meta answered {status}")
+                time.sleep(0.5)  # let the first request's allocations settle
+                before = rss_mb(server.pid)
+                peak_ok = reset_peak(server.pid)
+                started = time.perf_counter()
+                reply = guarded(server, BOMB_TIMEOUT,
+                                lambda: raw_post(server, method, payload, BOMB_TIMEOUT))
+                wall = time.perf_counter() - started
+                peak = rss_mb(server.pid, "VmHWM") if peak_ok else None
+            finally:
+                bench.stop_all()
+            status, body = reply
+            # A v11 reply is zstd, but a short text is stored in it verbatim;
+            # upload answers a refusal with 200 and the text clients show.
+            too_large = UPLOAD_TOO_LARGE.encode() in body
+            if kind == "ours" and status < 400 and not too_large:
+                raise BenchError(f"our server accepted the bomb to /sync/{method} ({status})")
+            answer = f'{status} "{UPLOAD_TOO_LARGE}"' if too_large else str(status)
+            results[method].append((before, peak, wall, answer))
+    rows: list[Row] = []
+    for method, runs in results.items():
+        peaks = [peak for _, peak, _, _ in runs]
+        answers = sorted({answer for *_, answer in runs})
+        rows += [
+            (f"{label} to /sync/{method}", "server RSS before MB",
+             max(before for before, *_ in runs), "mb"),
+            (f"{label} to /sync/{method}", "server peak RSS MB",
+             None if None in peaks else max(peaks), "mb"),
+            (f"{label} to /sync/{method}", "wall s",
+             statistics.median(wall for _, _, wall, _ in runs), "s"),
+            (f"{label} to /sync/{method}", "answer", " / ".join(answers), "text"),
+        ]
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -759,6 +968,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f}"
     if unit == "ms":
         return f"{value:.2f}"
+    if unit == "text":
+        return str(value)
     return f"{value:.3f}"
 
 
@@ -771,7 +982,7 @@ def table(results: dict[str, dict[str, list[Row]]], failed: set[tuple[str, str]]
     ]
     for name, by_kind in results.items():
         keys: dict[tuple[str, str], str] = {}
-        values: dict[tuple[str, str, str], float | None] = {}
+        values: dict[tuple[str, str, str], float | str | None] = {}
         for kind, rows in by_kind.items():
             for label, metric, value, unit in rows:
                 keys[label, metric] = unit
@@ -789,7 +1000,8 @@ def table(results: dict[str, dict[str, list[Row]]], failed: set[tuple[str, str]]
                     cells.append("—")
             ours = values.get((label, metric, "ours"))
             official = values.get((label, metric, "official"))
-            ratio = f"{ours / official:.2f}" if ours is not None and official else "—"
+            comparable = ours is not None and official and unit != "text"
+            ratio = f"{ours / official:.2f}" if comparable else "—"
             lines.append(f"| {label} | {metric} | {cells[0]} | {cells[1]} | {ratio} |")
     return "\n".join(lines)
 
@@ -803,7 +1015,7 @@ def main() -> int:
     parser.add_argument(
         "--only-workloads", metavar="NAMES",
         help="comma-separated workload kinds to run (the first word of a workload's name: "
-        "idle, login, full, incremental, concurrent, ...); default all",
+        "idle, login, full, incremental, concurrent, media, bomb); default all",
     )
     parser.add_argument("--only", choices=KINDS, help="run one server only")
     parser.add_argument(
@@ -811,7 +1023,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--repeat", type=int, default=3, metavar="N",
-        help="runs of the login, full, incremental and concurrent sync workloads "
+        help="runs of every workload but idle "
         "(fresh server each); "
         "times are medians, peaks the highest (default 3)",
     )
@@ -827,6 +1039,7 @@ def main() -> int:
     sizes = SIZES[:1] if args.quick else SIZES
 
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     workloads: list[tuple[str, Callable[[Bench, str, Path], list[Row]]]] = [
         ("idle", idle_rss),
         ("login", logins),
@@ -839,6 +1052,8 @@ def main() -> int:
         except Exception as err:
             errors.append(f"preparing {notes} notes: {err}")
     workloads += normal_sync_workloads(sizes, errors)
+    workloads += [(f"media {MEDIA_FILES} files up and down", media),
+                  ("bomb (decompression)", bomb)]
     if args.only_workloads:
         wanted = {name.strip() for name in args.only_workloads.split(",") if name.strip()}
         known = {name.split()[0] for name, _ in workloads}
@@ -879,7 +1094,9 @@ def main() -> int:
     print(f"- all but idle: median of {args.repeat} runs, each on a fresh server; "
           f"peak RSS: highest VmHWM of those runs")
     print(f"- server CPU: utime+stime from /proc/PID/stat, resolution {1 / CLK_TCK:.3f} s")
-    print(f"- runtime: {time.monotonic() - started:.0f} s\n")
+    print(f"- runtime: {time.monotonic() - started:.0f} s; load average (1 min) at start "
+          f"{load_at_start:.2f}, at end {os.getloadavg()[0]:.2f} (other processes skew times, "
+          "not memory)\n")
     print(table(results, failed))
     if errors:
         print("\nFailures:")
