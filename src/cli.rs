@@ -14,6 +14,14 @@ USAGE:
                                     copy the users of an old Python ankisyncd (DIR: its folder
                                     with auth.db and collections/) into SYNC_BASE; stop both
                                     servers first; --force replaces users that have data
+    anki-sync-lite backup list USER [--base DIR]
+                                    list USER's collection backups, newest (ID 1) first
+    anki-sync-lite backup restore USER [ID] [--base DIR]
+                                    stage backup ID (a number from `backup list` or a file
+                                    name; default the newest) to replace USER's collection;
+                                    the server applies it at the user's next sync (or when
+                                    started), after backing up the collection it replaces;
+                                    devices are then asked to full-sync: choose Download
 
 OPTIONS (each overrides the environment variable in brackets):
     --host IP           address to listen on [SYNC_HOST, default 0.0.0.0]
@@ -42,6 +50,15 @@ pub enum Command {
         dir: PathBuf,
         force: bool,
     },
+    /// `backup list USER`.
+    BackupList {
+        user: String,
+    },
+    /// `backup restore USER [ID]`.
+    BackupRestore {
+        user: String,
+        id: Option<String>,
+    },
 }
 
 /// Parses the arguments, writing flag values into `env` under the names of
@@ -54,8 +71,14 @@ pub fn parse(
     // `Some(None)` once `import-ankisyncd` is seen, `Some(Some(dir))` after its folder.
     let mut import: Option<Option<String>> = None;
     let mut force = false;
+    // The words after `backup` (`list USER`, `restore USER [ID]`).
+    let mut backup: Option<Vec<String>> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
+        if let Some(words) = backup.as_mut().filter(|_| !arg.starts_with('-')) {
+            words.push(arg);
+            continue;
+        }
         if import == Some(None) && !arg.starts_with('-') {
             import = Some(Some(arg));
             continue;
@@ -75,6 +98,10 @@ pub fn parse(
             }
             "--healthcheck" => {
                 command = Command::Healthcheck;
+                continue;
+            }
+            "backup" if backup.is_none() && import.is_none() => {
+                backup = Some(Vec::new());
                 continue;
             }
             "import-ankisyncd" if import.is_none() => {
@@ -99,6 +126,14 @@ pub fn parse(
         };
         env.insert(var.to_string(), value);
     }
+    if let Some(words) = backup {
+        return match (command, force) {
+            (c @ (Command::Help | Command::Version), _) => Ok(c),
+            (Command::Serve, false) => backup_command(words),
+            (Command::Serve, true) => Err("--force only applies to import-ankisyncd".into()),
+            _ => Err("--healthcheck cannot be combined with backup".into()),
+        };
+    }
     match (import, command) {
         (_, c @ (Command::Help | Command::Version)) => Ok(c),
         (Some(Some(dir)), Command::Serve) => Ok(Command::ImportAnkisyncd {
@@ -109,6 +144,22 @@ pub fn parse(
         (Some(None), _) => Err("import-ankisyncd needs the ankisyncd folder (see --help)".into()),
         (None, _) if force => Err("--force only applies to import-ankisyncd".into()),
         (None, command) => Ok(command),
+    }
+}
+
+fn backup_command(words: Vec<String>) -> Result<Command, String> {
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words[..] {
+        ["list", user] => Ok(Command::BackupList { user: user.into() }),
+        ["restore", user] => Ok(Command::BackupRestore {
+            user: user.into(),
+            id: None,
+        }),
+        ["restore", user, id] => Ok(Command::BackupRestore {
+            user: user.into(),
+            id: Some(id.into()),
+        }),
+        _ => Err("usage: backup list USER | backup restore USER [ID] (see --help)".into()),
     }
 }
 
@@ -169,5 +220,39 @@ mod tests {
                 .contains("unknown option")
         );
         assert_eq!(run(&["import-ankisyncd", "--help"]).0, Ok(Command::Help));
+    }
+
+    #[test]
+    fn backup_subcommands() {
+        let (cmd, env) = run(&["backup", "list", "alice", "--base", "/srv"]);
+        let want = Command::BackupList {
+            user: "alice".into(),
+        };
+        assert_eq!(cmd, Ok(want));
+        assert_eq!(env["SYNC_BASE"], "/srv");
+        let want = Command::BackupRestore {
+            user: "alice".into(),
+            id: None,
+        };
+        assert_eq!(
+            run(&["--base=/b", "backup", "restore", "alice"]).0,
+            Ok(want)
+        );
+        let want = Command::BackupRestore {
+            user: "alice".into(),
+            id: Some("2".into()),
+        };
+        assert_eq!(run(&["backup", "restore", "alice", "2"]).0, Ok(want));
+        for bad in [
+            &["backup"][..],
+            &["backup", "list"],
+            &["backup", "drop", "alice"],
+            &["backup", "restore", "alice", "1", "2"],
+            &["backup", "list", "alice", "--force"],
+            &["backup", "list", "alice", "--healthcheck"],
+        ] {
+            assert!(run(bad).0.is_err(), "{bad:?}");
+        }
+        assert_eq!(run(&["backup", "--help"]).0, Ok(Command::Help));
     }
 }

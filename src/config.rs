@@ -82,6 +82,8 @@ pub struct Config {
     /// Seconds a response may make no progress (the client stopped reading)
     /// before the connection is dropped.
     pub timeout_secs: u64,
+    /// `SYNC_BACKUPS`: backups kept per user; 0 makes none.
+    pub backups: usize,
     pub log_level: log::LevelFilter,
 }
 
@@ -149,6 +151,10 @@ impl Config {
         if timeout_secs == 0 {
             return Err(err("SYNC_TIMEOUT_SECS must be at least 1"));
         }
+        let backups = parse_num(env, "SYNC_BACKUPS", crate::backup::DEFAULT_KEEP)?;
+        if backups > 1000 {
+            return Err(err("SYNC_BACKUPS must be between 0 and 1000"));
+        }
         let log_level = match env.get("RUST_LOG") {
             Some(v) => parse_level(v)?,
             None => log::LevelFilter::Info,
@@ -165,6 +171,7 @@ impl Config {
             workers,
             idle_close_secs,
             timeout_secs,
+            backups,
             log_level,
         })
     }

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anki_sync_lite::auth::Users;
+use anki_sync_lite::backup;
 use anki_sync_lite::cli::{self, Command};
 use anki_sync_lite::config::Config;
 use anki_sync_lite::http::{self, Service};
 use anki_sync_lite::migrate;
-use anki_sync_lite::user::UserStore;
+use anki_sync_lite::user::{UserStore, now_millis};
 
 fn main() -> ExitCode {
     let mut env: HashMap<String, String> = std::env::vars().collect();
@@ -42,6 +43,42 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::ImportAnkisyncd { dir, force } => import_ankisyncd(&env, dir, force),
+        Command::BackupList { user } => backup_command(&env, &user, None),
+        Command::BackupRestore { user, id } => backup_command(&env, &user, Some(id.as_deref())),
+    }
+}
+
+/// `backup list USER` (`restore: None`) and `backup restore USER [ID]`.
+fn backup_command(
+    env: &HashMap<String, String>,
+    user: &str,
+    restore: Option<Option<&str>>,
+) -> ExitCode {
+    let config = match Config::from_env(env, false) {
+        Ok(config) => config,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let dir = match backup::user_dir(&config.base, user) {
+        Ok(dir) => dir,
+        Err(e) => return fail(&e),
+    };
+    let Some(id) = restore else {
+        return match backup::print_list(&dir, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("listing the backups of {user}: {e}")),
+        };
+    };
+    match backup::stage_restore(&dir, id, now_millis()) {
+        Ok(chosen) => {
+            println!(
+                "staged {} to replace {user}'s collection: the server applies it at the \
+                 user's next sync (or when it is started), after backing up the current \
+                 collection; devices are then asked to full-sync: choose Download",
+                chosen.file
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -96,6 +133,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         .init()
         .map_err(|e| format!("starting the logger: {e}"))?;
     let users = Users::new(&config.users, config.passwords_hashed).map_err(|e| e.to_string())?;
+    backup::set_keep(config.backups);
     let store = UserStore::new(&config.base, users.names())
         .map_err(|e| format!("preparing the data folder {}: {e}", config.base.display()))?;
     let addr = SocketAddr::new(config.host, config.port);

@@ -49,6 +49,11 @@ impl UserState {
     /// on first use.
     pub fn collection(&mut self) -> rusqlite::Result<&mut Connection> {
         self.last_used = Instant::now();
+        // A restore staged by `backup restore` takes effect here, under the
+        // lock, and never in the middle of a normal sync.
+        if self.sync.is_none() {
+            crate::backup::apply_pending_restore(self);
+        }
         if self.col.is_none() {
             let path = self.collection_path();
             if !path.exists() {

@@ -1,0 +1,207 @@
+//! Backups with undo (issue 7) with the real client: a wrong full upload is
+//! undone by `backup restore`, normal syncs back up at most once a day, and
+//! `SYNC_BACKUPS` bounds (or turns off) what is kept.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::{Account, Server, client_ok, our_binary};
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn account(server: &Server) -> Account<'_> {
+    Account {
+        server,
+        user: "user",
+        password: "pass",
+    }
+}
+
+fn make(path: &Path, notes: u64, seed: u64) {
+    client_ok(&[
+        "make",
+        "--path",
+        path_str(path),
+        "--notes",
+        &notes.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
+fn notes(path: &Path) -> u64 {
+    client_ok(&["count", "--path", path_str(path)])["notes"]
+        .as_u64()
+        .expect("notes")
+}
+
+fn dump_without_scm(path: &Path) -> Value {
+    let mut dump = client_ok(&["dump", "--path", path_str(path)]);
+    dump["col"]
+        .as_object_mut()
+        .expect("col")
+        .remove("scm")
+        .expect("scm");
+    dump
+}
+
+/// Runs `anki-sync-lite ARGS` on the server's data folder; (success, stdout, stderr).
+fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(our_binary());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SYNC_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("SYNC_BASE", server.base_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run anki-sync-lite");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cli(server, args);
+    assert!(ok, "anki-sync-lite {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// The reasons of the user's backups, newest first, as `backup list` shows them.
+fn listed_reasons(server: &Server) -> Vec<String> {
+    cli_ok(server, &["backup", "list", "user"])
+        .lines()
+        .filter(|line| line.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|line| line.split_whitespace().nth(3).expect("reason").to_string())
+        .collect()
+}
+
+fn backup_files(server: &Server) -> Vec<PathBuf> {
+    let dir = server.base_dir().join("user/backups");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".anki2.zst"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_wrong_full_upload_is_undone_by_restore() {
+    let server = Server::start_ours(&[("user", "pass")], &[]);
+    let user = account(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.anki2"),
+        dir.path().join("b.anki2"),
+        dir.path().join("c.anki2"),
+    );
+
+    // Device A uploads collection X.
+    make(&a, 300, 1);
+    assert_eq!(user.sync(&a), "FULL_UPLOAD");
+    user.run("full-upload", Some(&a)).unwrap();
+    // The brand-new collection it replaced held nothing: no backup.
+    assert_eq!(listed_reasons(&server), Vec::<String>::new());
+    let x = dump_without_scm(&a);
+
+    // Device B, holding a different collection, answers "upload" to the
+    // full-sync question: the wrong upload.
+    make(&b, 20, 2);
+    assert_eq!(user.sync(&b), "FULL_SYNC");
+    user.run("full-upload", Some(&b)).unwrap();
+    assert_eq!(listed_reasons(&server), ["before-upload"]);
+
+    let (ok, _, stderr) = cli(&server, &["backup", "restore", "user", "7"]);
+    assert!(!ok && stderr.contains("no backup"), "{stderr}");
+    let (ok, _, stderr) = cli(&server, &["backup", "restore", "nobody"]);
+    assert!(!ok && stderr.contains("no user"), "{stderr}");
+    let out = cli_ok(&server, &["backup", "restore", "user"]);
+    assert!(out.contains("before-upload"), "{out}");
+    let listed = cli_ok(&server, &["backup", "list", "user"]);
+    assert!(listed.contains("restore is staged"), "{listed}");
+
+    // Every device is told to full-sync; B downloads and holds X exactly.
+    assert_eq!(user.sync(&b), "FULL_SYNC");
+    user.run("full-download", Some(&b)).unwrap();
+    let restored = dump_without_scm(&b);
+    assert!(
+        restored == x,
+        "B does not hold collection X after the restore"
+    );
+    assert_eq!(user.sync(&b), "NO_CHANGES");
+    assert_eq!(user.sync(&a), "FULL_SYNC", "A must be told too");
+
+    // The restore is itself undoable: the collection it replaced (B's) is
+    // the newest backup.
+    assert_eq!(listed_reasons(&server), ["before-restore", "before-upload"]);
+    cli_ok(&server, &["backup", "restore", "user", "1"]);
+    assert_eq!(user.sync(&c), "FULL_DOWNLOAD");
+    user.run("full-download", Some(&c)).unwrap();
+    assert_eq!(notes(&c), 20);
+}
+
+#[test]
+fn normal_syncs_back_up_at_most_once_a_day() {
+    let server = Server::start_ours(&[("user", "pass")], &[]);
+    let user = account(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.anki2"), dir.path().join("b.anki2"));
+    make(&a, 100, 3);
+    assert_eq!(user.sync(&a), "FULL_UPLOAD");
+    user.run("full-upload", Some(&a)).unwrap();
+    assert_eq!(user.sync(&b), "FULL_DOWNLOAD");
+    user.run("full-download", Some(&b)).unwrap();
+    assert!(backup_files(&server).is_empty());
+
+    for round in 0..3u64 {
+        let device = if round % 2 == 0 { &a } else { &b };
+        client_ok(&[
+            "add-notes",
+            "--path",
+            path_str(device),
+            "--notes",
+            "5",
+            "--seed",
+            &(10 + round).to_string(),
+        ]);
+        let required = user.sync(device);
+        assert!(
+            required == "NO_CHANGES" || required == "NORMAL_SYNC",
+            "{required}"
+        );
+    }
+    assert_eq!(user.sync(&a), "NO_CHANGES");
+    assert_eq!(notes(&a), 115);
+    assert_eq!(listed_reasons(&server), ["daily"]);
+}
+
+#[test]
+fn sync_backups_bounds_what_is_kept() {
+    for (keep, want) in [("2", 2), ("0", 0)] {
+        let server = Server::start_ours(&[("user", "pass")], &[("SYNC_BACKUPS", keep)]);
+        let user = account(&server);
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..4u64 {
+            let path = dir.path().join(format!("{round}.anki2"));
+            make(&path, 5 + round, round);
+            user.sync(&path);
+            user.run("full-upload", Some(&path)).unwrap();
+        }
+        // Three uploads replaced a collection with notes.
+        assert_eq!(backup_files(&server).len(), want, "SYNC_BACKUPS={keep}");
+    }
+}
