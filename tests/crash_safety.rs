@@ -673,7 +673,6 @@ fn killed_during_a_media_upload_keeps_media_db_all_or_nothing() {
 /// deletes the `media-old-*` backups, the only copies of the old contents.
 /// Kept out of CI until fixed; `scripts/crash-trials` runs it.
 #[test]
-#[ignore = "fails: a crash mid-swap leaves media/ and media.db out of step"]
 fn killed_during_a_media_upload_keeps_folder_and_database_in_step() {
     media_upload_trials(true);
 }

@@ -8,7 +8,8 @@
 //! database changes are made in one transaction, the files are swapped into
 //! place (replaced or deleted files are moved aside, not destroyed), and the
 //! transaction is committed; if any step fails, the swaps are undone and the
-//! transaction rolls back. Downloads open the chosen files under the lock
+//! transaction rolls back. The planned moves are journaled first, so a crash
+//! between the moves and the commit is finished or undone at start-up. Downloads open the chosen files under the lock
 //! (an open file stays valid when an upload later replaces or deletes it)
 //! and pack them into an unlinked temp file after releasing it.
 
@@ -98,11 +99,26 @@ enum DiskChange {
 }
 
 /// One swap already made, to be reversed if the upload fails.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Undo {
     /// An old file was moved aside to `backup`.
     Restore { backup: PathBuf, target: PathBuf },
     /// A staged file was moved into `target`.
     Unplace { target: PathBuf, staged: PathBuf },
+}
+
+/// The moves an upload is about to make, written (and synced) before the
+/// first move: if the server dies between the moves and the database
+/// commit, start-up reads it and either finishes (the commit happened) or
+/// undoes the moves (it did not), so `media/` always matches `media.db`.
+/// Its name does not end in `.tmp`, so start-up cleanup leaves it alone.
+const JOURNAL: &str = "media-swap.journal";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    /// `meta.last_usn` once the upload is committed.
+    usn: i32,
+    steps: Vec<Undo>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -119,6 +135,94 @@ fn create_temp(dir: &Path, kind: &str) -> io::Result<(PathBuf, File)> {
         .create_new(true)
         .open(&path)?;
     Ok((path, file))
+}
+
+/// A fresh temp path in `dir` (not created).
+fn temp_name(dir: &Path, kind: &str) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "{TEMP_PREFIX}{kind}-{}-{n}{TEMP_SUFFIX}",
+        std::process::id()
+    ))
+}
+
+/// Performs the planned moves in order, recording each one that happened.
+fn run_moves(steps: &[Undo], done: &mut Vec<Undo>) -> io::Result<()> {
+    for step in steps {
+        match step {
+            Undo::Restore { backup, target } => fs::rename(target, backup)?,
+            Undo::Unplace { target, staged } => fs::rename(staged, target)?,
+        }
+        done.push(step.clone());
+    }
+    Ok(())
+}
+
+/// After a commit, the old contents moved aside are no longer needed.
+fn remove_backups(steps: &[Undo]) {
+    for step in steps {
+        if let Undo::Restore { backup, .. } = step {
+            if let Err(e) = fs::remove_file(backup) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    warn!("cannot remove {}: {e}", backup.display());
+                }
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Finishes or undoes an upload that a crash interrupted between moving
+/// files and committing the database (see [`JOURNAL`]).
+fn recover_interrupted_upload(user_dir: &Path, last_usn: i32) {
+    let path = user_dir.join(JOURNAL);
+    let Ok(bytes) = fs::read(&path) else { return };
+    match serde_json::from_slice::<Journal>(&bytes) {
+        // Committed: the new files are in place; drop the old contents.
+        Ok(journal) if last_usn >= journal.usn => {
+            remove_backups(&journal.steps);
+            info!(
+                "media upload in {} was committed before a crash; finished it",
+                user_dir.display()
+            );
+        }
+        // Not committed: put every moved file back.
+        Ok(journal) => {
+            for step in journal.steps.iter().rev() {
+                match step {
+                    Undo::Unplace { target, staged } => {
+                        if !staged.exists() && target.exists() {
+                            if let Err(e) = fs::remove_file(target) {
+                                warn!("undoing an interrupted upload: {}: {e}", target.display());
+                            }
+                        }
+                    }
+                    Undo::Restore { backup, target } => {
+                        if backup.exists() {
+                            if let Err(e) = fs::rename(backup, target) {
+                                warn!("undoing an interrupted upload: {}: {e}", target.display());
+                            }
+                        }
+                    }
+                }
+            }
+            info!(
+                "media upload in {} was interrupted by a crash; undid it",
+                user_dir.display()
+            );
+        }
+        // The journal is written before anything moves: nothing to undo.
+        Err(e) => warn!(
+            "ignoring an unreadable media journal in {}: {e}",
+            user_dir.display()
+        ),
+    }
+    if let Err(e) = fs::remove_file(&path) {
+        warn!("cannot remove {}: {e}", path.display());
+    }
 }
 
 /// A temp file with no name: the space is freed when the handle is dropped,
@@ -173,13 +277,15 @@ impl MediaSlot {
     pub fn open(user_dir: &Path) -> io::Result<MediaSlot> {
         let media_dir = user_dir.join(MEDIA_DIR);
         fs::create_dir_all(&media_dir)?;
-        remove_leftover_temp_files(user_dir);
         let path = user_dir.join(db::DB_FILE);
         let conn =
             db::open(&path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
         let usn = db::meta(&conn)
             .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
             .last_usn;
+        // Before cleaning temp files: they may hold contents to put back.
+        recover_interrupted_upload(user_dir, usn);
+        remove_leftover_temp_files(user_dir);
         Ok(MediaSlot {
             user_dir: user_dir.to_path_buf(),
             media_dir,
@@ -374,35 +480,34 @@ impl MediaSlot {
         }
         db::set_meta(&tx, &meta)?;
 
+        let steps = self
+            .plan_moves(&upload, &plan.order)
+            .map_err(|e| disk("placing media files", e))?;
+        self.write_journal(meta.last_usn, &steps)
+            .map_err(|e| disk("writing the media journal", e))?;
         let mut undo = Vec::new();
-        if let Err(e) = self.swap_in(&upload, &plan.order, &mut undo) {
+        if let Err(e) = run_moves(&steps, &mut undo).and_then(|()| sync_dir(&self.media_dir)) {
             self.roll_back(undo);
+            self.remove_journal();
             return Err(disk("placing media files", e));
         }
         if let Err(e) = tx.commit() {
             self.roll_back(undo);
+            self.remove_journal();
             return Err(e.into());
         }
         self.usn.store(meta.last_usn, Ordering::SeqCst);
         drop(conn);
-        for step in undo {
-            if let Undo::Restore { backup, .. } = step {
-                if let Err(e) = fs::remove_file(&backup) {
-                    warn!("cannot remove {}: {e}", backup.display());
-                }
-            }
-        }
+        remove_backups(&undo);
+        self.remove_journal();
         Ok((upload.changes.len(), meta.last_usn))
     }
 
-    /// Moves old files aside and staged files into place, recording each
-    /// step so it can be reversed.
-    fn swap_in(
-        &self,
-        upload: &Upload,
-        plan: &[(String, DiskChange)],
-        undo: &mut Vec<Undo>,
-    ) -> io::Result<()> {
+    /// The moves that put an upload in place: old files aside to fresh
+    /// backup names (not created yet, so after a crash "the backup exists"
+    /// means "this move happened"), then staged files into `media/`.
+    fn plan_moves(&self, upload: &Upload, plan: &[(String, DiskChange)]) -> io::Result<Vec<Undo>> {
+        let mut steps = Vec::new();
         for (name, change) in plan {
             let target = self.media_dir.join(name);
             match fs::symlink_metadata(&target) {
@@ -412,15 +517,10 @@ impl MediaSlot {
                         target.display()
                     )));
                 }
-                Ok(_) => {
-                    let (backup, file) = create_temp(&self.user_dir, "old")?;
-                    drop(file);
-                    fs::rename(&target, &backup)?;
-                    undo.push(Undo::Restore {
-                        backup,
-                        target: target.clone(),
-                    });
-                }
+                Ok(_) => steps.push(Undo::Restore {
+                    backup: temp_name(&self.user_dir, "old"),
+                    target: target.clone(),
+                }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -429,14 +529,39 @@ impl MediaSlot {
                     .content
                     .as_ref()
                     .ok_or_else(|| io::Error::other("planned addition has no content"))?;
-                fs::rename(&staged.path, &target)?;
-                undo.push(Undo::Unplace {
+                steps.push(Undo::Unplace {
                     target,
                     staged: staged.path.clone(),
                 });
             }
         }
-        Ok(())
+        Ok(steps)
+    }
+
+    /// Writes the journal atomically and durably before anything moves.
+    fn write_journal(&self, usn: i32, steps: &[Undo]) -> io::Result<()> {
+        let (temp, mut file) = create_temp(&self.user_dir, "journal")?;
+        let bytes = serde_json::to_vec(&Journal {
+            usn,
+            steps: steps.to_vec(),
+        })
+        .map_err(io::Error::other)?;
+        let written = file
+            .write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&temp, self.user_dir.join(JOURNAL)))
+            .and_then(|()| sync_dir(&self.user_dir));
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        written
+    }
+
+    fn remove_journal(&self) {
+        let path = self.user_dir.join(JOURNAL);
+        if let Err(e) = fs::remove_file(&path) {
+            warn!("cannot remove {}: {e}", path.display());
+        }
     }
 
     fn roll_back(&self, undo: Vec<Undo>) {
@@ -865,5 +990,92 @@ mod tests {
         let slot = MediaSlot::open(dir.path()).unwrap();
         assert_eq!(slot.usn(), 1);
         assert!(temp_files_left(dir.path()).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    /// A user folder mid-upload: `a` replaced (old content moved aside, new
+    /// one placed) and `b` added, as `run_moves` leaves it; returns the steps.
+    fn interrupted(dir: &Path) -> Vec<Undo> {
+        let media = dir.join(MEDIA_DIR);
+        fs::create_dir_all(&media).unwrap();
+        fs::write(media.join("a"), b"old a").unwrap();
+        let staged_a = dir.join("media-add-1.tmp");
+        let staged_b = dir.join("media-add-2.tmp");
+        fs::write(&staged_a, b"new a").unwrap();
+        fs::write(&staged_b, b"new b").unwrap();
+        let steps = vec![
+            Undo::Restore {
+                backup: dir.join("media-old-3.tmp"),
+                target: media.join("a"),
+            },
+            Undo::Unplace {
+                target: media.join("a"),
+                staged: staged_a,
+            },
+            Undo::Unplace {
+                target: media.join("b"),
+                staged: staged_b,
+            },
+        ];
+        let journal = Journal {
+            usn: 7,
+            steps: steps.clone(),
+        };
+        fs::write(dir.join(JOURNAL), serde_json::to_vec(&journal).unwrap()).unwrap();
+        let mut done = Vec::new();
+        run_moves(&steps, &mut done).unwrap();
+        steps
+    }
+
+    #[test]
+    fn an_uncommitted_upload_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted(dir.path());
+        recover_interrupted_upload(dir.path(), 6);
+        let media = dir.path().join(MEDIA_DIR);
+        assert_eq!(fs::read(media.join("a")).unwrap(), b"old a");
+        assert!(!media.join("b").exists());
+        assert!(!dir.path().join(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_committed_upload_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = interrupted(dir.path());
+        recover_interrupted_upload(dir.path(), 7);
+        let media = dir.path().join(MEDIA_DIR);
+        assert_eq!(fs::read(media.join("a")).unwrap(), b"new a");
+        assert_eq!(fs::read(media.join("b")).unwrap(), b"new b");
+        let Undo::Restore { backup, .. } = &steps[0] else {
+            panic!()
+        };
+        assert!(!backup.exists(), "old contents dropped");
+        assert!(!dir.path().join(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_crash_before_any_move_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = dir.path().join(MEDIA_DIR);
+        fs::create_dir_all(&media).unwrap();
+        fs::write(media.join("a"), b"old a").unwrap();
+        let journal = Journal {
+            usn: 2,
+            steps: vec![Undo::Restore {
+                backup: dir.path().join("media-old-9.tmp"),
+                target: media.join("a"),
+            }],
+        };
+        fs::write(
+            dir.path().join(JOURNAL),
+            serde_json::to_vec(&journal).unwrap(),
+        )
+        .unwrap();
+        recover_interrupted_upload(dir.path(), 1);
+        assert_eq!(fs::read(media.join("a")).unwrap(), b"old a");
     }
 }
