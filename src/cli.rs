@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::auth::manage::AccountCommand;
+
 pub const USAGE: &str = "\
 anki-sync-lite: a small self-hosted Anki sync server
 
@@ -22,6 +24,15 @@ USAGE:
                                     the server applies it at the user's next sync (or when
                                     started), after backing up the collection it replaces;
                                     devices are then asked to full-sync: choose Download
+    anki-sync-lite user add|passwd NAME [--base DIR]
+                                    add a user to SYNC_BASE/users.txt, or change their password
+                                    (asked twice, or one line from stdin); no restart needed
+    anki-sync-lite user remove NAME [--purge] [--base DIR]
+                                    remove a user; their data stays unless --purge
+    anki-sync-lite user list [--base DIR]
+                                    list the users (SYNC_USERn and users.txt)
+    anki-sync-lite hash             print a PHC string for a password, for SYNC_USERn with
+                                    PASSWORDS_HASHED
 
 OPTIONS (each overrides the environment variable in brackets):
     --host IP           address to listen on [SYNC_HOST, default 0.0.0.0]
@@ -42,6 +53,8 @@ In Anki, set the sync server to http://HOST:PORT/ (with the trailing slash).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Serve,
+    /// `user add|passwd|remove|list …` and `hash`.
+    Account(AccountCommand),
     Healthcheck,
     Help,
     Version,
@@ -67,6 +80,10 @@ pub fn parse(
     args: impl IntoIterator<Item = String>,
     env: &mut HashMap<String, String>,
 ) -> Result<Command, String> {
+    let args: Vec<String> = args.into_iter().collect();
+    if let Some(command) = account_command(&args, env)? {
+        return Ok(command);
+    }
     let mut command = Command::Serve;
     // `Some(None)` once `import-ankisyncd` is seen, `Some(Some(dir))` after its folder.
     let mut import: Option<Option<String>> = None;
@@ -163,6 +180,78 @@ fn backup_command(words: Vec<String>) -> Result<Command, String> {
     }
 }
 
+/// Flags that take a value, to find the first word after them.
+const VALUE_FLAGS: [&str; 6] = [
+    "--host",
+    "--port",
+    "--base",
+    "--base-path",
+    "--workers",
+    "--log-level",
+];
+
+/// `user …` and `hash`, when the first word is one of them; `None` otherwise.
+fn account_command(
+    args: &[String],
+    env: &mut HashMap<String, String>,
+) -> Result<Option<Command>, String> {
+    let mut after_flag = false;
+    let first = args.iter().position(|arg| {
+        let is_word = !after_flag && !arg.starts_with('-');
+        after_flag = VALUE_FLAGS.contains(&arg.as_str());
+        is_word
+    });
+    let Some(first) = first.filter(|&i| args[i] == "user" || args[i] == "hash") else {
+        return Ok(None);
+    };
+    let mut words = Vec::new();
+    let mut purge = false;
+    let mut rest = args.iter().enumerate().filter(|&(i, _)| i != first);
+    while let Some((_, arg)) = rest.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Some(Command::Help)),
+            "--purge" => purge = true,
+            "--base" => {
+                let (_, dir) = rest.next().ok_or("--base needs a value")?;
+                env.insert("SYNC_BASE".into(), dir.clone());
+            }
+            other => match other.strip_prefix("--base=") {
+                Some(dir) => {
+                    env.insert("SYNC_BASE".into(), dir.to_string());
+                }
+                None if other.starts_with('-') => {
+                    return Err(format!(
+                        "unknown option {other:?} for {} (see --help)",
+                        args[first]
+                    ));
+                }
+                None => words.push(other),
+            },
+        }
+    }
+    let command = match (args[first].as_str(), &words[..]) {
+        ("hash", []) => AccountCommand::Hash,
+        ("user", ["add", name]) => AccountCommand::Add(name.to_string()),
+        ("user", ["passwd", name]) => AccountCommand::Passwd(name.to_string()),
+        ("user", ["remove", name]) => AccountCommand::Remove {
+            name: name.to_string(),
+            purge,
+        },
+        ("user", ["list"]) => AccountCommand::List,
+        ("hash", _) => return Err("hash takes no arguments; it reads the password".into()),
+        _ => {
+            return Err(
+                "usage: user add NAME | user passwd NAME | user remove NAME [--purge] | user list (see --help)"
+                    .into(),
+            );
+        }
+    };
+    if purge && !matches!(command, AccountCommand::Remove { .. }) {
+        return Err("--purge only applies to user remove".into());
+    }
+    Ok(Some(Command::Account(command)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +343,45 @@ mod tests {
             assert!(run(bad).0.is_err(), "{bad:?}");
         }
         assert_eq!(run(&["backup", "--help"]).0, Ok(Command::Help));
+    }
+
+    #[test]
+    fn user_and_hash_commands() {
+        let (cmd, env) = run(&["user", "add", "alice", "--base", "/srv"]);
+        assert_eq!(
+            cmd,
+            Ok(Command::Account(AccountCommand::Add("alice".into())))
+        );
+        assert_eq!(env["SYNC_BASE"], "/srv");
+        let (cmd, env) = run(&["--base", "/b", "user", "remove", "--purge", "bob"]);
+        let want = AccountCommand::Remove {
+            name: "bob".into(),
+            purge: true,
+        };
+        assert_eq!(cmd, Ok(Command::Account(want)));
+        assert_eq!(env["SYNC_BASE"], "/b");
+        assert_eq!(
+            run(&["user", "passwd", "bob", "--base=/c"]).0,
+            Ok(Command::Account(AccountCommand::Passwd("bob".into())))
+        );
+        assert_eq!(
+            run(&["user", "list"]).0,
+            Ok(Command::Account(AccountCommand::List))
+        );
+        assert_eq!(run(&["hash"]).0, Ok(Command::Account(AccountCommand::Hash)));
+        assert_eq!(run(&["user", "--help"]).0, Ok(Command::Help));
+        // `--base user` is a folder called "user", not the subcommand.
+        assert_eq!(run(&["--base", "user"]).0, Ok(Command::Serve));
+        for bad in [
+            &["user"][..],
+            &["user", "add"],
+            &["user", "add", "a", "b"],
+            &["user", "list", "--purge"],
+            &["user", "list", "--port", "1"],
+            &["hash", "secret"],
+            &["user", "add", "a", "--base"],
+        ] {
+            assert!(run(bad).0.is_err(), "{bad:?}");
+        }
     }
 }

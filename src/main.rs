@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anki_sync_lite::auth::Users;
+use anki_sync_lite::auth::live::LiveUsers;
+use anki_sync_lite::auth::manage;
 use anki_sync_lite::backup;
 use anki_sync_lite::cli::{self, Command};
 use anki_sync_lite::config::Config;
@@ -43,6 +44,12 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::ImportAnkisyncd { dir, force } => import_ankisyncd(&env, dir, force),
+        Command::Account(command) => {
+            match manage::run(&env, &command, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Command::BackupList { user } => backup_command(&env, &user, None),
         Command::BackupRestore { user, id } => backup_command(&env, &user, Some(id.as_deref())),
     }
@@ -127,14 +134,15 @@ fn tune_allocator() {}
 
 fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     tune_allocator();
-    let config = Config::from_env(env, true).map_err(|e| e.to_string())?;
+    // Users may also come from the users file: `LiveUsers` checks there is one.
+    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
     simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init()
         .map_err(|e| format!("starting the logger: {e}"))?;
-    let users = Users::new(&config.users, config.passwords_hashed).map_err(|e| e.to_string())?;
+    let users = LiveUsers::load(config.users.clone(), config.passwords_hashed, &config.base)?;
     backup::set_keep(config.backups);
-    let store = UserStore::new(&config.base, users.names())
+    let store = UserStore::new(&config.base, users.current().names())
         .map_err(|e| format!("preparing the data folder {}: {e}", config.base.display()))?;
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -147,7 +155,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     log::info!(
         "anki-sync-lite {} serving {} user(s) from {}",
         env!("CARGO_PKG_VERSION"),
-        config.users.len(),
+        users.current().len(),
         config.base.display()
     );
     let service = Service {

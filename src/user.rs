@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -146,9 +146,13 @@ impl UserSlot {
     }
 }
 
-/// All users' slots; built once at start-up.
+/// All users' slots: built at start-up, grown when the users file gains a
+/// user, shrunk when it loses one. The map's lock is only held to look a
+/// slot up (or to create one); requests then use their own `Arc`, so users
+/// never wait on each other.
 pub struct UserStore {
-    slots: HashMap<String, UserSlot>,
+    base: PathBuf,
+    slots: RwLock<HashMap<String, Arc<UserSlot>>>,
 }
 
 impl UserStore {
@@ -157,34 +161,52 @@ impl UserStore {
     pub fn new<'a>(base: &Path, names: impl Iterator<Item = &'a str>) -> io::Result<UserStore> {
         let mut slots = HashMap::new();
         for name in names {
-            let dir = base.join(name);
-            fs::create_dir_all(dir.join("media"))?;
-            remove_leftover_temp_files(&dir);
-            let media = MediaSlot::open(&dir)?;
-            slots.insert(
-                name.to_string(),
-                UserSlot {
-                    name: name.to_string(),
-                    media,
-                    state: Mutex::new(UserState {
-                        dir,
-                        col: None,
-                        last_used: Instant::now(),
-                        sync: None,
-                    }),
-                },
-            );
+            slots.insert(name.to_string(), Arc::new(new_slot(base, name)?));
         }
-        Ok(UserStore { slots })
+        Ok(UserStore {
+            base: base.to_path_buf(),
+            slots: RwLock::new(slots),
+        })
     }
 
-    pub fn slot(&self, name: &str) -> Option<&UserSlot> {
-        self.slots.get(name)
+    pub fn slot(&self, name: &str) -> Option<Arc<UserSlot>> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots.get(name).cloned()
+    }
+
+    /// The user's slot, creating their folder and slot if they were added
+    /// since start-up. Created under the map's write lock, so there is only
+    /// ever one slot per user (its start-up clean-up must not race a request).
+    pub fn open(&self, name: &str) -> io::Result<Arc<UserSlot>> {
+        if let Some(slot) = self.slot(name) {
+            return Ok(slot);
+        }
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get(name) {
+            return Ok(Arc::clone(slot));
+        }
+        let slot = Arc::new(new_slot(&self.base, name)?);
+        slots.insert(name.to_string(), Arc::clone(&slot));
+        Ok(slot)
+    }
+
+    /// Drops a removed user's slot (their data stays on disk). Requests
+    /// already running keep their `Arc`; the collection closes when the last
+    /// one ends.
+    pub fn forget(&self, name: &str) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots.remove(name);
+    }
+
+    /// The slots as they are now, without holding the map's lock after.
+    fn all(&self) -> Vec<Arc<UserSlot>> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots.values().cloned().collect()
     }
 
     /// Closes collections unused for `idle`. Skips users that are busy.
     pub fn close_idle(&self, idle: Duration) {
-        for slot in self.slots.values() {
+        for slot in self.all() {
             if let Ok(mut state) = slot.state.try_lock() {
                 let unused = state.last_used.elapsed();
                 // A sync abandoned mid-way (client crashed) is rolled back
@@ -201,10 +223,29 @@ impl UserStore {
 
     /// Closes every collection (at shutdown).
     pub fn close_all(&self) {
-        for slot in self.slots.values() {
+        for slot in self.all() {
             slot.lock().close_collection();
         }
     }
+}
+
+/// Creates the user's folder (and `media/`), removes temporary files a crash
+/// left behind, and opens the media store.
+fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
+    let dir = base.join(name);
+    fs::create_dir_all(dir.join("media"))?;
+    remove_leftover_temp_files(&dir);
+    let media = MediaSlot::open(&dir)?;
+    Ok(UserSlot {
+        name: name.to_string(),
+        media,
+        state: Mutex::new(UserState {
+            dir,
+            col: None,
+            last_used: Instant::now(),
+            sync: None,
+        }),
+    })
 }
 
 fn remove_leftover_temp_files(dir: &Path) {
@@ -248,5 +289,22 @@ mod tests {
         assert!(base.path().join("bob/media").is_dir());
         assert!(store.slot("alice").is_some());
         assert!(store.slot("carol").is_none());
+    }
+
+    #[test]
+    fn users_can_be_added_and_forgotten_at_run_time() {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["alice"].into_iter()).unwrap();
+        let carol = store.open("carol").unwrap();
+        assert!(base.path().join("carol/media").is_dir());
+        assert!(Arc::ptr_eq(&carol, &store.open("carol").unwrap()));
+        carol.lock().collection().unwrap();
+        store.forget("carol");
+        assert!(store.slot("carol").is_none());
+        // A request still holding the slot finishes normally; the data stays.
+        assert!(carol.lock().is_open());
+        drop(carol);
+        assert!(base.path().join("carol").join(COLLECTION_FILE).is_file());
+        store.close_all();
     }
 }

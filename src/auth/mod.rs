@@ -1,11 +1,14 @@
-//! Who may sync: the accounts from `SYNC_USERn`, login (`hostKey`) and the
-//! host keys that authenticate every later request.
+//! Who may sync: the accounts from `SYNC_USERn` and the users file, login
+//! (`hostKey`) and the host keys that authenticate every later request.
 //!
 //! Host keys are derived exactly as the official server derives them (the
 //! SHA-1 of the whole `name:secret` value), so devices that logged in to the
 //! official server keep working after a switch, and back.
 
+pub mod live;
+pub mod manage;
 pub mod password;
+pub mod users_file;
 
 use std::fmt;
 
@@ -13,6 +16,7 @@ use sha1::{Digest, Sha1};
 
 use crate::config::UserEntry;
 use password::{Pbkdf2Hash, ct_eq, ct_eq_secret};
+pub use users_file::UsersFile;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
@@ -56,18 +60,32 @@ pub struct Account {
     secret: Secret,
 }
 
-/// The configured accounts. Immutable once built; shared by all workers.
+/// The configured accounts. Immutable once built; shared by all workers
+/// (a changed users file makes a new table, see [`live`]).
 pub struct Users {
     accounts: Vec<Account>,
     /// Checked when the user name is unknown, so that this costs as much
     /// as a wrong password.
     decoy: Secret,
+    /// Plain passwords also pay for a decoy check when other accounts are
+    /// hashed, so login time does not tell which kind an account is.
+    pad_plain: bool,
 }
 
 impl Users {
     /// Builds the table, validating every PHC string up front so that a
     /// typo is a start-up error naming the variable, never a failed login.
     pub fn new(entries: &[UserEntry], passwords_hashed: bool) -> Result<Users, AuthError> {
+        Users::build(entries, passwords_hashed, &UsersFile::default())
+    }
+
+    /// The `SYNC_USERn` accounts plus the users file's (whose secrets are
+    /// always PHC strings). A name may be defined in only one place.
+    pub fn build(
+        entries: &[UserEntry],
+        passwords_hashed: bool,
+        file: &UsersFile,
+    ) -> Result<Users, AuthError> {
         let mut accounts = Vec::with_capacity(entries.len());
         for entry in entries {
             let secret = if passwords_hashed {
@@ -85,7 +103,30 @@ impl Users {
                 secret,
             });
         }
-        let decoy = if passwords_hashed {
+        for (name, phc) in file.users() {
+            if let Some(entry) = entries.iter().find(|e| e.name == name) {
+                return Err(AuthError::BadAccount {
+                    var: users_file::FILE_NAME.into(),
+                    reason: format!(
+                        "user {name:?} is also defined by {}; remove one of them",
+                        entry.var
+                    ),
+                });
+            }
+            let hash = Pbkdf2Hash::parse(phc).map_err(|reason| AuthError::BadAccount {
+                var: users_file::FILE_NAME.into(),
+                reason: format!("user {name:?}: {reason}"),
+            })?;
+            accounts.push(Account {
+                name: name.to_string(),
+                hkey: host_key(name, phc),
+                secret: Secret::Hashed(hash),
+            });
+        }
+        let any_hashed = accounts
+            .iter()
+            .any(|a| matches!(a.secret, Secret::Hashed(_)));
+        let decoy = if passwords_hashed || any_hashed {
             Secret::Hashed(Pbkdf2Hash {
                 prf: password::Prf::Sha256,
                 rounds: password::DEFAULT_ROUNDS,
@@ -95,14 +136,28 @@ impl Users {
         } else {
             Secret::Plain(String::new())
         };
-        Ok(Users { accounts, decoy })
+        let pad_plain = any_hashed && !passwords_hashed && !entries.is_empty();
+        Ok(Users {
+            accounts,
+            decoy,
+            pad_plain,
+        })
     }
 
     /// Checks a login. Unknown users and wrong passwords cost the same.
     pub fn login(&self, user: &str, password: &str) -> Result<&Account, AuthError> {
         match self.accounts.iter().find(|a| a.name == user) {
-            Some(account) if account.secret.verify(password) => Ok(account),
-            Some(_) => Err(AuthError::BadCredentials),
+            Some(account) => {
+                let ok = account.secret.verify(password);
+                if self.pad_plain && matches!(account.secret, Secret::Plain(_)) {
+                    self.decoy.verify(password);
+                }
+                if ok {
+                    Ok(account)
+                } else {
+                    Err(AuthError::BadCredentials)
+                }
+            }
             None => {
                 self.decoy.verify(password);
                 Err(AuthError::BadCredentials)
@@ -123,6 +178,18 @@ impl Users {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.accounts.iter().map(|a| a.name.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.accounts.iter().any(|a| a.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
     }
 }
 
@@ -182,6 +249,39 @@ mod tests {
         let a = users.login("user", "pass").unwrap();
         assert_eq!(a.hkey, host_key("user", phc));
         assert!(users.login("user", phc).is_err());
+    }
+
+    #[test]
+    fn file_users_are_hashed_and_keyed_by_their_line() {
+        let phc = "$pbkdf2-sha512$i=1000$c2FsdHNhbHRzYWx0MTIzNA$7JSU+1OIB+xwXF491RZfvz/hlLp4sdNUXguj+MMi1KRXbv39cFvidKSIAAh3gs0gmLBzrhCQFLl93ke4UPwD9Q";
+        let file = UsersFile::parse(&format!("carol:{phc}\n")).unwrap();
+        // Plain env users and hashed file users side by side.
+        let users = Users::build(&[entry(1, "user", "pass")], false, &file).unwrap();
+        assert_eq!(
+            users.login("carol", "pass").unwrap().hkey,
+            host_key("carol", phc)
+        );
+        assert!(users.login("carol", phc).is_err());
+        // (Logging in as `user` would now also pay for a 600 000-round decoy.)
+        assert!(users.pad_plain);
+        assert_eq!(
+            users.by_hkey(&host_key("user", "pass")).unwrap().name,
+            "user"
+        );
+        assert_eq!(
+            users.by_hkey(&host_key("carol", phc)).unwrap().name,
+            "carol"
+        );
+        assert_eq!(users.len(), 2);
+        // A name in both places is refused, naming both.
+        let err = Users::build(&[entry(2, "carol", "x")], false, &file)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("users.txt") && err.contains("SYNC_USER2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -100,6 +100,41 @@ impl Pbkdf2Hash {
         ct_eq(&self.derive(password), &self.hash)
     }
 
+    /// A new hash of `password` in the official format: PBKDF2-HMAC-SHA256,
+    /// [`DEFAULT_ROUNDS`] rounds, a random 16-byte salt and a 32-byte output.
+    pub fn new_random(password: &str) -> std::io::Result<Pbkdf2Hash> {
+        Self::salted(password, DEFAULT_ROUNDS)
+    }
+
+    fn salted(password: &str, rounds: u32) -> std::io::Result<Pbkdf2Hash> {
+        let mut salt = vec![0u8; 16];
+        getrandom::getrandom(&mut salt)
+            .map_err(|e| std::io::Error::other(format!("no random salt: {e}")))?;
+        let mut hash = Pbkdf2Hash {
+            prf: Prf::Sha256,
+            rounds,
+            salt,
+            hash: vec![0; 32],
+        };
+        hash.hash = hash.derive(password.as_bytes());
+        Ok(hash)
+    }
+
+    /// The PHC string, e.g. `$pbkdf2-sha256$i=600000,l=32$SALT$HASH`.
+    pub fn to_phc(&self) -> String {
+        let id = match self.prf {
+            Prf::Sha256 => "pbkdf2-sha256",
+            Prf::Sha512 => "pbkdf2-sha512",
+        };
+        format!(
+            "${id}$i={},l={}${}${}",
+            self.rounds,
+            self.hash.len(),
+            b64_encode(&self.salt),
+            b64_encode(&self.hash)
+        )
+    }
+
     /// The PHC string the official server would store for a plain password.
     pub fn official_for(password: &str) -> String {
         let template = Pbkdf2Hash {
@@ -195,6 +230,26 @@ mod tests {
             Pbkdf2Hash::official_for("pass"),
             "$pbkdf2-sha256$i=600000,l=32$tonuvYGpksNFQBlEmm3lxg$oQ1sqlkoU7Qn72xNoIq+NHyW3yOOER8EZ6mIJiv5GYc"
         );
+    }
+
+    #[test]
+    fn new_hashes_are_salted_and_verify() {
+        let a = Pbkdf2Hash::new_random("pass").unwrap();
+        let phc = a.to_phc();
+        assert!(phc.starts_with("$pbkdf2-sha256$i=600000,l=32$"), "{phc}");
+        let parsed = Pbkdf2Hash::parse(&phc).unwrap();
+        assert_eq!(parsed, a);
+        assert_eq!(parsed.salt.len(), 16);
+        assert!(parsed.verify(b"pass"));
+        // Cheap rounds for the rest: salts differ, wrong passwords fail.
+        let b = Pbkdf2Hash::salted("pass", 10).unwrap();
+        let c = Pbkdf2Hash::salted("pass", 10).unwrap();
+        assert_ne!(b.salt, c.salt);
+        assert!(!b.verify(b"Pass"));
+        assert!(Pbkdf2Hash::parse(&b.to_phc()).unwrap().verify(b"pass"));
+        // The official string prints back unchanged.
+        let official = "$pbkdf2-sha256$i=600000,l=32$tonuvYGpksNFQBlEmm3lxg$oQ1sqlkoU7Qn72xNoIq+NHyW3yOOER8EZ6mIJiv5GYc";
+        assert_eq!(Pbkdf2Hash::parse(official).unwrap().to_phc(), official);
     }
 
     #[test]

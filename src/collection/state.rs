@@ -155,7 +155,8 @@ mod tests {
     #[test]
     fn session_keys_decide_who_may_continue() {
         let (_base, store) = store();
-        let mut user = store.slot("u").unwrap().lock();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
         assert!(matches!(
             begin(&mut user, "", 0, false),
             Err(SyncError::BadRequest(_))
@@ -192,7 +193,8 @@ mod tests {
     #[test]
     fn a_failed_step_rolls_back_everything() {
         let (_base, store) = store();
-        let mut user = store.slot("u").unwrap().lock();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
         let before = usn(&mut user);
         begin(&mut user, "s", 0, false).unwrap();
         step(&mut user, "s", |col, _| {
@@ -214,7 +216,8 @@ mod tests {
     #[test]
     fn finish_commits_and_bumps_usn() {
         let (_base, store) = store();
-        let mut user = store.slot("u").unwrap().lock();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
         let before = usn(&mut user);
         begin(&mut user, "s", 0, true).unwrap();
         assert_eq!(
