@@ -77,6 +77,13 @@ pub struct Config {
     pub base_path: String,
     /// Worker threads handling requests.
     pub workers: usize,
+    /// Limits against slow and hostile clients (`SYNC_READ_TIMEOUT_SECS`,
+    /// `SYNC_HEADER_TIMEOUT_SECS`, `SYNC_MAX_CONNECTIONS`).
+    pub read_timeout_secs: u64,
+    pub header_timeout_secs: u64,
+    pub max_connections: usize,
+    /// Built-in HTTPS, when `SYNC_TLS_CERT` and `SYNC_TLS_KEY` are set.
+    pub tls: Option<TlsConfig>,
     /// Seconds an unused collection stays open before it is closed.
     pub idle_close_secs: u64,
     /// Seconds a response may make no progress (the client stopped reading)
@@ -85,6 +92,16 @@ pub struct Config {
     /// `SYNC_BACKUPS`: backups kept per user; 0 makes none.
     pub backups: usize,
     pub log_level: log::LevelFilter,
+}
+
+/// PEM files and protocol versions for built-in HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `SYNC_TLS_VERSIONS`: TLS 1.2 and/or 1.3 (both by default; iOS needs 1.2).
+    pub tls1_2: bool,
+    pub tls1_3: bool,
 }
 
 /// Default worker count: enough for a household's devices (each keeps a
@@ -146,6 +163,18 @@ impl Config {
         if workers == 0 || workers > 256 {
             return Err(err("SYNC_WORKERS must be between 1 and 256"));
         }
+        let read_timeout_secs = parse_num(env, "SYNC_READ_TIMEOUT_SECS", 120u64)?;
+        let header_timeout_secs = parse_num(env, "SYNC_HEADER_TIMEOUT_SECS", 30u64)?;
+        if read_timeout_secs == 0 || header_timeout_secs == 0 {
+            return Err(err(
+                "SYNC_READ_TIMEOUT_SECS and SYNC_HEADER_TIMEOUT_SECS must be at least 1",
+            ));
+        }
+        let max_connections = parse_num(env, "SYNC_MAX_CONNECTIONS", 64usize)?;
+        if max_connections == 0 || max_connections > 10_000 {
+            return Err(err("SYNC_MAX_CONNECTIONS must be between 1 and 10000"));
+        }
+        let tls = read_tls(env)?;
         let idle_close_secs = parse_num(env, "SYNC_IDLE_CLOSE_SECS", 300u64)?;
         let timeout_secs = parse_num(env, "SYNC_TIMEOUT_SECS", 120u64)?;
         if timeout_secs == 0 {
@@ -169,6 +198,10 @@ impl Config {
             ip_source,
             base_path,
             workers,
+            read_timeout_secs,
+            header_timeout_secs,
+            max_connections,
+            tls,
             idle_close_secs,
             timeout_secs,
             backups,
@@ -219,6 +252,41 @@ fn read_users(
         return Err(err("No users defined; SYNC_USER1 env var should be set."));
     }
     Ok(users)
+}
+
+/// `SYNC_TLS_CERT` and `SYNC_TLS_KEY` (both or neither), `SYNC_TLS_VERSIONS`.
+fn read_tls(env: &HashMap<String, String>) -> Result<Option<TlsConfig>, ConfigError> {
+    let get = |var: &str| env.get(var).filter(|v| !v.is_empty());
+    let (cert, key) = match (get("SYNC_TLS_CERT"), get("SYNC_TLS_KEY")) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
+        (Some(_), None) => return Err(err("SYNC_TLS_CERT is set but SYNC_TLS_KEY is not")),
+        (None, Some(_)) => return Err(err("SYNC_TLS_KEY is set but SYNC_TLS_CERT is not")),
+    };
+    let (mut tls1_2, mut tls1_3) = (false, false);
+    let versions = get("SYNC_TLS_VERSIONS").map_or("1.2,1.3", String::as_str);
+    for version in versions.split(',').map(str::trim) {
+        match version {
+            "1.2" => tls1_2 = true,
+            "1.3" => tls1_3 = true,
+            _ => {
+                return Err(err(format!(
+                    "SYNC_TLS_VERSIONS must list 1.2 and/or 1.3 (e.g. \"1.2,1.3\"), not {versions:?}"
+                )));
+            }
+        }
+    }
+    if !cfg!(feature = "tls") {
+        return Err(err(
+            "SYNC_TLS_CERT is set, but this build has no TLS support (cargo feature \"tls\")",
+        ));
+    }
+    Ok(Some(TlsConfig {
+        cert,
+        key,
+        tls1_2,
+        tls1_3,
+    }))
 }
 
 fn default_base(env: &HashMap<String, String>) -> Result<PathBuf, ConfigError> {
@@ -323,6 +391,33 @@ mod tests {
             e.insert(var.into(), val.into());
             let msg = Config::from_env(&e, true).unwrap_err().0;
             assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_known_versions() {
+        let base = [("SYNC_USER1", "a:b"), ("HOME", "/h")];
+        let with = |pairs: &[(&str, &str)]| {
+            let mut e = env(&base);
+            e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Config::from_env(&e, true)
+        };
+        assert_eq!(with(&[]).unwrap().tls, None);
+        let e = with(&[("SYNC_TLS_CERT", "c.pem")]).unwrap_err();
+        assert!(e.0.contains("SYNC_TLS_KEY"), "{e}");
+        let e = with(&[("SYNC_TLS_KEY", "k.pem")]).unwrap_err();
+        assert!(e.0.contains("SYNC_TLS_CERT"), "{e}");
+        let both = [("SYNC_TLS_CERT", "c.pem"), ("SYNC_TLS_KEY", "k.pem")];
+        if cfg!(feature = "tls") {
+            let tls = with(&both).unwrap().tls.unwrap();
+            assert!(tls.tls1_2 && tls.tls1_3);
+            let only12 = with(&[both[0], both[1], ("SYNC_TLS_VERSIONS", "1.2")]);
+            let tls = only12.unwrap().tls.unwrap();
+            assert!(tls.tls1_2 && !tls.tls1_3);
+            let e = with(&[both[0], both[1], ("SYNC_TLS_VERSIONS", "1.1")]).unwrap_err();
+            assert!(e.0.contains("SYNC_TLS_VERSIONS"), "{e}");
+        } else {
+            assert!(with(&both).unwrap_err().0.contains("feature"));
         }
     }
 

@@ -1,8 +1,12 @@
 //! The thread-pool server: one dispatcher thread takes requests from
 //! tiny_http and hands them over a bounded channel to a fixed number of
 //! workers. The dispatcher also rebuilds the tiny_http server if its accept
-//! loop dies (tiny_http ends it on any accept error, e.g. `ECONNABORTED`),
-//! closes idle collections, and drives a clean shutdown.
+//! loop dies on a persistent error, closes idle collections, and drives a
+//! clean shutdown.
+//!
+//! Slow and hostile clients are handled in our patched tiny_http
+//! (vendor/tiny_http/PATCHES.md): read timeouts, a header deadline, a minimum
+//! rate, a connection cap and header-size limits, configured here.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -13,12 +17,25 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 use log::{error, info, warn};
+use tiny_http::{Header, Limits, Request, Response, SslConfig};
 
 use super::Service;
+use crate::config::Config;
 
 /// How often the dispatcher looks at the shutdown flag and idle collections.
 const TICK: Duration = Duration::from_millis(200);
 const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// While a request is being read, a client must send at least this many bytes
+/// per second of our waiting (1 KiB/s: far below any working mobile link,
+/// while a trickle that pins a worker is cut off), checked every
+/// `RATE_WINDOW` or read timeout, whichever is shorter.
+const MIN_RATE: u64 = 1024;
+const RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Request line and headers: Anki sends a few hundred bytes.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 100;
 
 /// Serves until `shutdown` becomes true; then lets in-flight requests finish
 /// and closes every collection.
@@ -29,29 +46,39 @@ pub fn run(
 ) -> std::io::Result<()> {
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let listener = with_socket_options(listener, timeout)?;
+    let ssl = read_tls(&service.config)?;
+    let limits = limits(&service.config);
+    let mut server = start_tiny_http(&listener, &ssl, &limits)?;
     let service = Arc::new(service);
     let addr: SocketAddr = listener.local_addr()?;
     let workers = service.config.workers;
-    let (tx, rx) = bounded::<tiny_http::Request>(workers * 2);
+    let (tx, rx) = bounded::<Request>(workers * 2);
 
     let mut handles = Vec::with_capacity(workers);
     for i in 0..workers {
         let rx = rx.clone();
         let service = Arc::clone(&service);
+        let shutdown = Arc::clone(&shutdown);
         handles.push(
             thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
                     for request in rx.iter() {
-                        service.handle(request);
+                        // Requests still queued when shutdown begins are
+                        // answered, not started.
+                        if shutdown.load(Ordering::SeqCst) {
+                            refuse(request);
+                        } else {
+                            service.handle(request);
+                        }
                     }
                 })?,
         );
     }
     drop(rx);
 
-    let mut server = start_tiny_http(&listener)?;
-    info!("listening on http://{addr}{}", service.config.base_path);
+    let scheme = if ssl.is_some() { "https" } else { "http" };
+    info!("listening on {scheme}://{addr}{}", service.config.base_path);
     let idle = Duration::from_secs(service.config.idle_close_secs);
     let mut last_sweep = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
@@ -64,11 +91,12 @@ pub fn run(
             }
             Ok(None) => {}
             Err(e) => {
-                // tiny_http's accept thread has ended; our listener is still
-                // bound, so start a new accept thread on it.
+                // tiny_http's accept thread has ended (it retries transient
+                // errors itself); our listener is still bound, so start a new
+                // accept thread on it.
                 warn!("accept failed ({e}); restarting the listener");
                 thread::sleep(Duration::from_millis(100));
-                server = start_tiny_http(&listener)?;
+                server = start_tiny_http(&listener, &ssl, &limits)?;
             }
         }
         if last_sweep.elapsed() >= IDLE_SWEEP_EVERY {
@@ -78,7 +106,15 @@ pub fn run(
     }
 
     info!("shutting down: finishing requests in progress");
+    // New connections now get a 503; requests on open connections too, until
+    // the requests in progress have finished.
+    server.drain();
     drop(tx);
+    while handles.iter().any(|h| !h.is_finished()) {
+        if let Ok(Some(request)) = server.recv_timeout(TICK) {
+            refuse(request);
+        }
+    }
     for handle in handles {
         if handle.join().is_err() {
             error!("a worker thread panicked during shutdown");
@@ -88,6 +124,50 @@ pub fn run(
     drop(server);
     info!("stopped");
     Ok(())
+}
+
+/// The answer to a request that arrives during shutdown.
+fn refuse(request: Request) {
+    let header = |name: &str, value: &str| {
+        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+    };
+    let response = Response::from_string("the server is shutting down; please sync again")
+        .with_status_code(503)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+        .with_header(header("Retry-After", "10"))
+        .with_header(header("Connection", "close"));
+    let _ = request.respond(response);
+}
+
+fn limits(config: &Config) -> Limits {
+    let read_timeout = Duration::from_secs(config.read_timeout_secs);
+    Limits {
+        read_timeout,
+        header_timeout: Duration::from_secs(config.header_timeout_secs),
+        min_rate: MIN_RATE,
+        rate_window: RATE_WINDOW.min(read_timeout),
+        max_connections: config.max_connections,
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_headers: MAX_HEADERS,
+    }
+}
+
+/// Reads the certificate chain and key once, at start-up, so that a wrong
+/// path stops the server with a clear message.
+fn read_tls(config: &Config) -> std::io::Result<Option<SslConfig>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let read = |var: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{var} {}: {e}", path.display())))
+    };
+    Ok(Some(SslConfig {
+        certificate: read("SYNC_TLS_CERT", &tls.cert)?,
+        private_key: read("SYNC_TLS_KEY", &tls.key)?,
+        tls1_2: tls.tls1_2,
+        tls1_3: tls.tls1_3,
+    }))
 }
 
 /// Sets options every accepted connection inherits from the listening
@@ -109,7 +189,11 @@ fn with_socket_options(listener: TcpListener, timeout: Duration) -> std::io::Res
     set.map(|()| listener)
 }
 
-fn start_tiny_http(listener: &TcpListener) -> std::io::Result<tiny_http::Server> {
-    tiny_http::Server::from_listener(listener.try_clone()?, None)
-        .map_err(|e| std::io::Error::other(e.to_string()))
+fn start_tiny_http(
+    listener: &TcpListener,
+    ssl: &Option<SslConfig>,
+    limits: &Limits,
+) -> std::io::Result<tiny_http::Server> {
+    tiny_http::Server::from_listener_with_limits(listener.try_clone()?, ssl.clone(), limits.clone())
+        .map_err(|e| std::io::Error::other(format!("starting the HTTP server: {e}")))
 }

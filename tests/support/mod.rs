@@ -116,6 +116,8 @@ pub struct Server {
     port: u16,
     base: TempDir,
     log_dir: TempDir,
+    /// Serving HTTPS (`SYNC_TLS_CERT` given): endpoint and start-up check differ.
+    tls: bool,
 }
 
 impl Server {
@@ -200,6 +202,7 @@ impl Server {
             port,
             base,
             log_dir,
+            tls: extra_env.iter().any(|(k, _)| *k == "SYNC_TLS_CERT"),
         };
         server.wait_healthy()?;
         Ok(server)
@@ -208,7 +211,11 @@ impl Server {
     fn wait_healthy(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + HEALTH_TIMEOUT;
         loop {
-            let healthy = health_status(self.port) == Some(200);
+            let healthy = match self.tls {
+                // (the plain-HTTP probe cannot talk to a TLS listener)
+                true => self.log().contains("listening on https://"),
+                false => health_status(self.port) == Some(200),
+            };
             // Checked after the probe: a 200 from a process that took our
             // port while our server failed to bind must not count.
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -266,7 +273,8 @@ impl Server {
 
     /// The sync endpoint as clients are configured with it (trailing `/`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The server's `SYNC_BASE`.

@@ -2,12 +2,14 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
+use crate::limits::{Pending, Slot};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,6 +36,12 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // anki-sync-lite patches 1-3: timeouts, the connection cap, header limits
+    slot: Arc<Slot>,
+
+    // true until the first request has been read
+    first: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -44,6 +52,11 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// anki-sync-lite patch 3: the request line and headers are too big
+    HeadersTooLarge,
+    /// anki-sync-lite patch 1: the connection closed or timed out before
+    /// sending any byte of a new request; closed without an answer
+    Idle,
 }
 
 impl ClientConnection {
@@ -54,6 +67,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let slot = read_socket.slot().clone();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +79,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            slot,
+            first: true,
         }
     }
 
@@ -77,22 +93,35 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// anki-sync-lite patch 3: at most `*budget` bytes are read (the budget
+    /// is shared by the request line and all headers).
+    fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if *budget == 0 {
+                return Err(ReadError::HeadersTooLarge);
+            }
+            *budget -= 1;
+
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
+                    return Err(ReadError::ReadIoError(eof));
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    let e = IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII");
+                    ReadError::ReadIoError(e)
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -104,10 +133,32 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        // anki-sync-lite patch 1: wait for the previous body to be read, then
+        // for the first byte of this request as an idle connection.
+        self.next_header_source.wait_turn();
+        if self.slot.is_broken() {
+            // the previous body timed out: the stream is mid-request
+            return Err(ReadError::Idle);
+        }
+        self.slot.await_request(std::mem::replace(&mut self.first, false));
+        let mut first_byte = [0u8];
+        if !matches!(self.next_header_source.read(&mut first_byte), Ok(1)) {
+            // closed, timed out or evicted before sending anything: no answer
+            return Err(ReadError::Idle);
+        }
+        self.slot.request_started();
+        let mut budget = self.slot_limits().max_header_bytes - 1;
+
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let rest = self.read_next_line(&mut budget)?;
+                let mut line = AsciiString::with_capacity(rest.len() + 1);
+                line.push(ascii::AsciiChar::from_ascii(first_byte[0]).map_err(|_| {
+                    let e = IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII");
+                    ReadError::ReadIoError(e)
+                })?);
+                line.push_str(&rest);
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,11 +169,14 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut budget)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() == self.slot_limits().max_headers {
+                        return Err(ReadError::HeadersTooLarge);
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -135,9 +189,11 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+        self.slot.headers_done();
 
-        // building the writer for the request
-        let writer = self.sink.next().unwrap();
+        // building the writer for the request; it keeps the connection busy
+        // (not idle) until the response is written
+        let writer = Pending::new(self.sink.next().unwrap(), self.slot.clone());
 
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
@@ -166,6 +222,10 @@ impl ClientConnection {
 
         // return the request
         Ok(request)
+    }
+
+    fn slot_limits(&self) -> &crate::limits::Limits {
+        self.slot.limits()
     }
 }
 
@@ -206,7 +266,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
+                    let response = Response::new_empty(StatusCode(408)).with_header(close_header());
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -220,7 +280,27 @@ impl Iterator for ClientConnection {
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
-                Err(ReadError::ReadIoError(_)) => return None,
+                Err(ReadError::HeadersTooLarge) => {
+                    let mut writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(431)).with_header(close_header());
+                    response
+                        .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    writer.flush().ok();
+                    // Closing with unread bytes makes the kernel send a reset,
+                    // which can destroy the answer: discard a little first
+                    // (bounded by the header deadline).
+                    let mut sink = [0u8; 4096];
+                    for _ in 0..16 {
+                        match self.next_header_source.read(&mut sink) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    return None; // the rest of the headers is still unread
+                }
+
+                Err(ReadError::ReadIoError(_)) | Err(ReadError::Idle) => return None,
 
                 Ok(rq) => rq,
             };
@@ -263,6 +343,12 @@ impl Iterator for ClientConnection {
             return Some(rq);
         }
     }
+}
+
+/// `Connection: close`, for answers after which the connection is closed
+/// (anki-sync-lite patch 7).
+fn close_header() -> crate::Header {
+    crate::Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap()
 }
 
 /// Parses a "HTTP/1.1" string.

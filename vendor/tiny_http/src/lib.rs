@@ -90,8 +90,11 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
+// anki-sync-lite: upstream 0.12.0 code that newer compilers flag; left as is
+// to keep the diff small (see PATCHES.md).
+#![allow(dead_code, unused_imports)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+#[cfg(feature = "ssl-rustls")]
 use zeroize::Zeroizing;
 
 use std::error::Error;
@@ -111,6 +114,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use limits::Limits;
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -119,6 +123,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -140,6 +145,9 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // anki-sync-lite patch 2: when true, new connections get a `503`
+    draining: Arc<AtomicBool>,
 }
 
 enum Message {
@@ -182,6 +190,9 @@ pub struct ServerConfig {
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
 pub struct SslConfig {
+    /// anki-sync-lite patch 6: which TLS versions to offer (at least one).
+    pub tls1_2: bool,
+    pub tls1_3: bool,
     /// Contains the public certificate to send to clients.
     pub certificate: Vec<u8>,
     /// Contains the ultra-secret private key used to decode communications.
@@ -202,7 +213,7 @@ impl Server {
     }
 
     /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+    #[cfg(feature = "ssl-rustls")]
     #[inline]
     pub fn https<A>(
         addr: A,
@@ -243,7 +254,21 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// Like [`Server::from_listener`], with limits against slow and hostile
+    /// clients (anki-sync-lite patches 1-3).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
+        let registry = limits::Registry::new(limits);
+        let rejecter = limits::Rejecter::start()?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let inside_draining = draining.clone();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -255,22 +280,20 @@ impl Server {
         };
 
         // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+        #[cfg(not(feature = "ssl-rustls"))]
         type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+        #[cfg(feature = "ssl-rustls")]
         type SslContext = crate::ssl::SslContextImpl;
         let ssl: Option<SslContext> = {
             match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                #[cfg(feature = "ssl-rustls")]
                 Some(config) => Some(SslContext::from_pem(
                     config.certificate,
                     Zeroizing::new(config.private_key),
+                    config.tls1_2,
+                    config.tls1_3,
                 )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                #[cfg(not(feature = "ssl-rustls"))]
                 Some(_) => return Err(
                     "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
                         .into(),
@@ -293,10 +316,31 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        // (Drop connects to us to end this loop)
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        // anki-sync-lite patch 2: a cap on open connections
+                        // instead of one more thread for each (tiny-http#221).
+                        let slot = match inside_draining.load(Relaxed) {
+                            true => Ok(None),
+                            false => registry.admit(&sock),
+                        };
+                        let slot = match slot {
+                            Ok(Some(slot)) => slot,
+                            Ok(None) => {
+                                // a TLS client cannot read a plain-text answer
+                                if ssl.is_none() {
+                                    rejecter.reject(sock);
+                                }
+                                continue;
+                            }
+                            Err(_) => continue,
+                        };
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                            None => RefinedTcpStream::new(sock, slot),
+                            #[cfg(feature = "ssl-rustls")]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
                                 // if an error occurs, we just close the socket and resume listening
@@ -305,9 +349,9 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock, slot)
                             }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                            #[cfg(not(feature = "ssl-rustls"))]
                             Some(ref _ssl) => unreachable!(),
                         };
 
@@ -338,6 +382,14 @@ impl Server {
                         }));
                     }
 
+                    // anki-sync-lite patch 5: errors that concern one
+                    // connection (ECONNABORTED) or a passing shortage (EMFILE,
+                    // ENOBUFS) must not end the accept loop (tiny-http#283).
+                    Err(e) if accept_error_is_transient(&e) => {
+                        log::warn!("Error accepting new client (retrying): {}", e);
+                        thread::sleep(Duration::from_millis(50));
+                    }
+
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
@@ -353,6 +405,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            draining,
         })
     }
 
@@ -408,6 +461,32 @@ impl Server {
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
         self.messages.unblock();
+    }
+
+    /// From now on, answer every new connection with a `503` and close it
+    /// (anki-sync-lite patch 2, for a clean shutdown). Open connections are
+    /// served as before.
+    pub fn drain(&self) {
+        self.draining.store(true, Relaxed);
+    }
+}
+
+/// True for `accept` errors after which the listener still works
+/// (anki-sync-lite patch 5).
+fn accept_error_is_transient(e: &IoError) -> bool {
+    match e.kind() {
+        IoErrorKind::ConnectionAborted
+        | IoErrorKind::ConnectionReset
+        | IoErrorKind::Interrupted
+        | IoErrorKind::WouldBlock
+        | IoErrorKind::TimedOut
+        | IoErrorKind::OutOfMemory => true,
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPERM (firewalls) and the
+        // network errors Linux passes on from accept(2)
+        _ => matches!(
+            e.raw_os_error(),
+            Some(24 | 23 | 105 | 12 | 71 | 1 | 100 | 101 | 64 | 92 | 113 | 110)
+        ),
     }
 }
 

@@ -254,8 +254,10 @@ where
     {
         let header = header.into();
 
-        // ignoring forbidden headers
-        if header.field.equiv("Connection")
+        // ignoring forbidden headers (anki-sync-lite patch 7: except
+        // `Connection: close`, for answers after which the server closes)
+        let close = header.field.equiv("Connection") && header.value.as_str() == "close";
+        if (header.field.equiv("Connection") && !close)
             || header.field.equiv("Trailer")
             || header.field.equiv("Transfer-Encoding")
             || header.field.equiv("Upgrade")

@@ -65,39 +65,47 @@ impl Write for RustlsStream {
 pub(crate) struct RustlsContext(Arc<rustls::ServerConfig>);
 
 impl RustlsContext {
+    /// anki-sync-lite patch 6: rustls 0.23 with the `ring` provider; PEM is
+    /// read with rustls-pki-types (PKCS#8, PKCS#1 and SEC1 keys); the TLS
+    /// versions are chosen by the caller; errors are returned, not panics.
     pub(crate) fn from_pem(
         certificates: Vec<u8>,
         private_key: Zeroizing<Vec<u8>>,
+        tls1_2: bool,
+        tls1_3: bool,
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
-        let certificate_chain: Vec<rustls::Certificate> =
-            rustls_pemfile::certs(&mut certificates.as_slice())?
-                .into_iter()
-                .map(|bytes| rustls::Certificate(bytes))
-                .collect();
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+        let certificate_chain = CertificateDer::pem_slice_iter(&certificates)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("reading the certificate: {}", e))?;
         if certificate_chain.is_empty() {
             return Err("Couldn't extract certificate chain from config.".into());
         }
-
-        let private_key = rustls::PrivateKey({
-            let pkcs8_keys = rustls_pemfile::pkcs8_private_keys(
-                &mut private_key.clone().as_slice(),
+        let private_key = PrivateKeyDer::from_pem_slice(&private_key).map_err(|e| {
+            format!(
+                "reading the private key (PEM, unencrypted PKCS#8, PKCS#1 or SEC1): {}",
+                e
             )
-            .expect("file contains invalid pkcs8 private key (encrypted keys are not supported)");
+        })?;
 
-            if let Some(pkcs8_key) = pkcs8_keys.first() {
-                pkcs8_key.clone()
-            } else {
-                let rsa_keys = rustls_pemfile::rsa_private_keys(&mut private_key.as_slice())
-                    .expect("file contains invalid rsa private key");
-                rsa_keys[0].clone()
-            }
-        });
-
-        let tls_conf = rustls::ServerConfig::builder()
-            .with_safe_defaults()
+        let mut versions = Vec::new();
+        if tls1_2 {
+            versions.push(&rustls::version::TLS12);
+        }
+        if tls1_3 {
+            versions.push(&rustls::version::TLS13);
+        }
+        if versions.is_empty() {
+            return Err("no TLS version enabled".into());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls_conf = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)?
             .with_no_client_auth()
             .with_single_cert(certificate_chain, private_key)?;
+        tls_conf.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         Ok(Self(Arc::new(tls_conf)))
     }

@@ -64,12 +64,18 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
+        // anki-sync-lite patch 4: upstream allocated `vec![0; remaining]`, so
+        // a client announcing a huge Content-Length made the server allocate
+        // that much. Read into a small fixed buffer instead, and give up after
+        // MAX_DRAIN bytes (the connection then fails to parse its next request
+        // and is closed, which is right for a body nobody wanted).
+        const MAX_DRAIN: usize = 1024 * 1024;
+        let mut remaining_to_read = self.size.min(MAX_DRAIN);
+        let mut buf = [0u8; 8 * 1024];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
+            let len = remaining_to_read.min(buf.len());
+            match self.reader.read(&mut buf[..len]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;

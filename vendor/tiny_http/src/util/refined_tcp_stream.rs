@@ -3,12 +3,14 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use crate::connection::Connection;
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+use crate::limits::Slot;
+use std::sync::Arc;
+#[cfg(feature = "ssl-rustls")]
 use crate::ssl::SslStream;
 
 pub(crate) enum Stream {
     Http(Connection),
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+    #[cfg(feature = "ssl-rustls")]
     Https(SslStream),
 }
 
@@ -16,7 +18,7 @@ impl Clone for Stream {
     fn clone(&self) -> Self {
         match self {
             Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
         }
     }
@@ -32,7 +34,7 @@ impl Stream {
     fn secure(&self) -> bool {
         match self {
             Stream::Http(_) => false,
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(_) => true,
         }
     }
@@ -40,7 +42,7 @@ impl Stream {
     fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.peer_addr(),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => ssl_stream.peer_addr(),
         }
     }
@@ -48,7 +50,7 @@ impl Stream {
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
     }
@@ -58,7 +60,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.read(buf),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => ssl_stream.read(buf),
         }
     }
@@ -68,7 +70,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.write(buf),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => ssl_stream.write(buf),
         }
     }
@@ -76,7 +78,7 @@ impl Write for Stream {
     fn flush(&mut self) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.flush(),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-rustls")]
             Stream::Https(ssl_stream) => ssl_stream.flush(),
         }
     }
@@ -86,10 +88,13 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // anki-sync-lite patch 1: reads go through the connection's slot, which
+    // enforces timeouts and the minimum rate (see limits.rs).
+    slot: Arc<Slot>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S, slot: Arc<Slot>) -> (RefinedTcpStream, RefinedTcpStream)
     where
         S: Into<Stream>,
     {
@@ -101,12 +106,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            slot: slot.clone(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            slot,
         };
 
         (read, write)
@@ -120,6 +127,10 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
     }
 }
 
@@ -137,7 +148,7 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        self.slot.read(&mut self.stream, buf)
     }
 }
 

@@ -1,0 +1,289 @@
+//! Slow and hostile clients (issue 8), on raw sockets: trickled headers and
+//! bodies are cut off, idle connections and connections beyond the cap do not
+//! stop service, oversized headers are refused, and requests arriving during
+//! shutdown get a clean answer. Each test keeps the worker pool small so that
+//! a single pinned worker would show.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::Server;
+use support::http::{Conn, call, sync_header, zstd};
+
+const LOGIN: &[u8] = br#"{"u":"user","p":"pass"}"#;
+
+fn start(env: &[(&str, &str)]) -> Server {
+    Server::start_ours(&[("user", "pass")], env)
+}
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+/// A `/health` request on a new connection; its status and how long it took.
+fn health(server: &Server) -> (u16, Duration) {
+    let started = Instant::now();
+    let mut c = Conn::open(server);
+    let r = c.send("GET", "/health", &[], b"");
+    (r.status, started.elapsed())
+}
+
+/// Reads until the server closes: the status line (empty if none came) and
+/// the whole answer.
+fn read_until_closed(stream: &mut TcpStream) -> (String, String) {
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let all = String::from_utf8_lossy(&all).into_owned();
+    (all.lines().next().unwrap_or("").to_string(), all)
+}
+
+/// Headers of a v11 login with a chunked body, as Anki sends it.
+fn login_head() -> String {
+    format!(
+        "POST /sync/hostKey HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nanki-sync: {}\r\n\r\n",
+        sync_header("")
+    )
+}
+
+#[test]
+fn trickled_headers_are_cut_off_without_blocking_others() {
+    let s = start(&[("SYNC_WORKERS", "1"), ("SYNC_HEADER_TIMEOUT_SECS", "2")]);
+    // Four clients send their headers one byte every 300 ms (an 80-byte
+    // request line alone would take 24 s).
+    let started = Instant::now();
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut stream = connect(&s);
+            thread::spawn(move || {
+                let head = login_head();
+                for byte in head.as_bytes() {
+                    if stream.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(300));
+                }
+                read_until_closed(&mut stream)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let (status, took) = health(&s);
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(1), "health took {took:?}");
+    for t in tricklers {
+        let (line, _) = t.join().unwrap();
+        assert!(line.starts_with("HTTP/1.1 408"), "{line:?}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "cut off after {took:?}"
+    );
+}
+
+#[test]
+fn a_new_connection_that_sends_nothing_is_closed_after_the_header_deadline() {
+    let s = start(&[("SYNC_HEADER_TIMEOUT_SECS", "1")]);
+    let mut stream = connect(&s);
+    let started = Instant::now();
+    let (line, _) = read_until_closed(&mut stream);
+    assert_eq!(line, "", "no answer to a request never started");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+}
+
+#[test]
+fn oversized_headers_are_refused_with_431() {
+    let s = start(&[]);
+    // One huge header.
+    let mut stream = connect(&s);
+    let big = "x".repeat(20 * 1024);
+    let request = format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let (line, all) = read_until_closed(&mut stream);
+    assert!(line.starts_with("HTTP/1.1 431"), "{line:?}");
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+    // Too many small ones.
+    let mut stream = connect(&s);
+    let mut request = String::from("GET /health HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..150 {
+        request.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let (line, _) = read_until_closed(&mut stream);
+    assert!(line.starts_with("HTTP/1.1 431"), "{line:?}");
+    // Normal requests with normal headers still work.
+    assert_eq!(health(&s).0, 200);
+}
+
+/// Sends a login's headers and then its body one byte a second; returns the
+/// thread, which yields what the server answered before closing.
+fn trickle_body(server: &Server) -> thread::JoinHandle<(String, Duration)> {
+    let mut stream = connect(server);
+    thread::spawn(move || {
+        let started = Instant::now();
+        stream.write_all(login_head().as_bytes()).unwrap();
+        let body = zstd(LOGIN);
+        let _ = write!(stream, "{:x}\r\n", body.len());
+        for byte in body {
+            if stream.write_all(&[byte]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+        let (line, _) = read_until_closed(&mut stream);
+        (line, started.elapsed())
+    })
+}
+
+#[test]
+fn trickled_bodies_are_cut_off_and_free_their_workers() {
+    let s = start(&[("SYNC_WORKERS", "2"), ("SYNC_READ_TIMEOUT_SECS", "2")]);
+    // More slow bodies than workers: two hold the workers, one waits.
+    let tricklers: Vec<_> = (0..3).map(|_| trickle_body(&s)).collect();
+    thread::sleep(Duration::from_millis(500));
+    // A normal login must get through once the slow ones are cut off
+    // (after the 2 s minimum-rate window), not after their ~30 s bodies.
+    let started = Instant::now();
+    let mut c = Conn::open(&s);
+    let r = call(&mut c, "hostKey", "", LOGIN);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(took < Duration::from_secs(8), "normal login took {took:?}");
+    for t in tricklers {
+        let (line, took) = t.join().unwrap();
+        assert!(took < Duration::from_secs(10), "trickler lasted {took:?}");
+        assert!(
+            !line.starts_with("HTTP/1.1 200"),
+            "a trickled login succeeded"
+        );
+    }
+    assert!(
+        s.log().contains("minimum rate") || s.log().contains("read timeout"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn many_idle_connections_within_the_cap_do_not_stop_service() {
+    let s = start(&[("SYNC_WORKERS", "2"), ("SYNC_MAX_CONNECTIONS", "256")]);
+    let idle: Vec<_> = (0..200).map(|_| connect(&s)).collect();
+    thread::sleep(Duration::from_millis(300));
+    let (status, took) = health(&s);
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(2), "health took {took:?}");
+    drop(idle);
+}
+
+#[test]
+fn idle_connections_beyond_the_cap_make_room_for_new_ones() {
+    let s = start(&[("SYNC_WORKERS", "2"), ("SYNC_MAX_CONNECTIONS", "16")]);
+    let idle: Vec<_> = (0..200).map(|_| connect(&s)).collect();
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let (status, took) = health(&s);
+        assert_eq!(status, 200);
+        assert!(took < Duration::from_secs(2), "health took {took:?}");
+    }
+    drop(idle);
+}
+
+#[test]
+fn busy_connections_at_the_cap_get_new_ones_a_503_and_finish() {
+    let s = start(&[
+        ("SYNC_WORKERS", "2"),
+        ("SYNC_MAX_CONNECTIONS", "4"),
+        ("SYNC_HEADER_TIMEOUT_SECS", "20"),
+    ]);
+    // Four connections in the middle of their request headers.
+    let head = "GET /health HTTP/1.1\r\nHost: t\r\n";
+    let mut busy: Vec<_> = (0..4)
+        .map(|_| {
+            let mut stream = connect(&s);
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // A fifth gets a quick, clean 503.
+    let started = Instant::now();
+    let mut extra = connect(&s);
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (line, all) = read_until_closed(&mut extra);
+    assert!(line.starts_with("HTTP/1.1 503"), "{line:?}");
+    assert!(all.contains("Connection: close"), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The four finish their requests normally.
+    for stream in &mut busy {
+        stream.write_all(b"\r\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&*stream).read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    }
+    drop(busy);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(health(&s).0, 200, "slots are freed when connections close");
+}
+
+#[test]
+fn requests_arriving_during_shutdown_get_a_clean_503() {
+    let mut s = start(&[("SYNC_WORKERS", "2")]);
+    // A keep-alive connection that has already made a request.
+    let mut keep = Conn::open(&s);
+    assert_eq!(keep.send("GET", "/health", &[], b"").status, 200);
+    // A login in progress: headers and half of its body sent.
+    let mut in_flight = connect(&s);
+    in_flight.write_all(login_head().as_bytes()).unwrap();
+    let body = zstd(LOGIN);
+    let (first, rest) = body.split_at(body.len() / 2);
+    write!(in_flight, "{:x}\r\n", first.len()).unwrap();
+    in_flight.write_all(first).unwrap();
+    in_flight.write_all(b"\r\n").unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    let pid = s.pid().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    thread::sleep(Duration::from_millis(600));
+
+    // A new request on the open connection: 503 and `Connection: close`.
+    let r = keep.send("GET", "/health", &[], b"");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Connection"), Some("close"));
+    // A new connection: the same.
+    let mut fresh = connect(&s);
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (line, _) = read_until_closed(&mut fresh);
+    assert!(line.starts_with("HTTP/1.1 503"), "{line:?}");
+    // The login in progress finishes normally.
+    write!(in_flight, "{:x}\r\n", rest.len()).unwrap();
+    in_flight.write_all(rest).unwrap();
+    in_flight.write_all(b"\r\n0\r\n\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&in_flight).read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    let status = s.terminate().expect("server exits");
+    assert!(status.success(), "{status}\n{}", s.log());
+}
