@@ -227,14 +227,15 @@ fn read_users(
 ) -> Result<Vec<UserEntry>, ConfigError> {
     let mut users: Vec<UserEntry> = Vec::new();
     for n in 1.. {
-        let var = format!("SYNC_USER{n}");
-        let Some(value) = env.get(&var) else { break };
+        let Some((var, value)) = user_value(env, n)? else {
+            break;
+        };
         let Some((name, secret)) = value.split_once(':') else {
             return Err(err(format!(
                 "{var} should be in 'username:password' format."
             )));
         };
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        if !is_folder_name(name) {
             return Err(err(format!(
                 "{var}: the user name {name:?} cannot be used as a folder name"
             )));
@@ -252,6 +253,38 @@ fn read_users(
         return Err(err("No users defined; SYNC_USER1 env var should be set."));
     }
     Ok(users)
+}
+
+/// The value of `SYNC_USERn`, or the content of the file `SYNC_USERn_FILE`
+/// names (Docker-style secrets; one trailing newline is dropped), with the
+/// name of the variable it came from. `None` when neither is set.
+fn user_value(
+    env: &HashMap<String, String>,
+    n: usize,
+) -> Result<Option<(String, String)>, ConfigError> {
+    let var = format!("SYNC_USER{n}");
+    let file_var = format!("{var}_FILE");
+    match (env.get(&var), env.get(&file_var)) {
+        (Some(_), Some(_)) => Err(err(format!("set {var} or {file_var}, not both"))),
+        (Some(value), None) => Ok(Some((var, value.clone()))),
+        (None, Some(path)) => {
+            let mut value = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("{file_var}: cannot read {path:?}: {e}")))?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            Ok(Some((file_var, value)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// True for a user name that is safe as a folder name under `SYNC_BASE`.
+pub fn is_folder_name(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']))
 }
 
 /// `SYNC_TLS_CERT` and `SYNC_TLS_KEY` (both or neither), `SYNC_TLS_VERSIONS`.
@@ -376,6 +409,38 @@ mod tests {
         let e =
             Config::from_env(&env(&[("SYNC_USER1", "../x:p"), ("HOME", "/h")]), true).unwrap_err();
         assert!(e.0.contains("folder"), "{e}");
+    }
+
+    #[test]
+    fn a_user_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("alice");
+        std::fs::write(&secret, "alice:p:w\n").unwrap();
+        let path = secret.to_str().unwrap();
+        let c = Config::from_env(
+            &env(&[
+                ("SYNC_USER1", "a:x"),
+                ("SYNC_USER2_FILE", path),
+                ("HOME", "/h"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.users[1].var, "SYNC_USER2_FILE");
+        assert_eq!(
+            (c.users[1].name.as_str(), c.users[1].secret.as_str()),
+            ("alice", "p:w")
+        );
+        let both = env(&[
+            ("SYNC_USER1", "a:x"),
+            ("SYNC_USER1_FILE", path),
+            ("HOME", "/h"),
+        ]);
+        let e = Config::from_env(&both, true).unwrap_err();
+        assert!(e.0.contains("not both"), "{e}");
+        let missing = env(&[("SYNC_USER1_FILE", "/nonexistent/x"), ("HOME", "/h")]);
+        let e = Config::from_env(&missing, true).unwrap_err();
+        assert!(e.0.starts_with("SYNC_USER1_FILE: cannot read"), "{e}");
     }
 
     #[test]

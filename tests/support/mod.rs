@@ -480,3 +480,29 @@ impl Account<'_> {
         out["required"].as_str().expect("required").to_string()
     }
 }
+
+/// Runs our binary once with `args` (a command such as
+/// `user add NAME --base DIR`), `stdin` as its input and `env` on top of an
+/// environment cleared of the server's variables, like `Server::start`.
+pub fn run_ours(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(our_binary());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("SYNC_") || key == "MAX_SYNC_PAYLOAD_MEGS" || key == "PASSWORDS_HASHED" {
+            cmd.env_remove(&*key);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", our_binary().display()));
+    if let Some(mut input) = child.stdin.take() {
+        // A command that fails early never reads it: ignore a broken pipe.
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    child.wait_with_output().expect("wait for our binary")
+}
