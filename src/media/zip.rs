@@ -201,6 +201,11 @@ impl<R: Read + Seek> ZipReader<R> {
         self.entries.get(name)
     }
 
+    /// The names of all entries, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
     /// A stream of the entry's content that errors (kind `InvalidData`)
     /// unless it is exactly the declared size with the declared CRC.
     pub fn read_entry(&mut self, entry: &Entry) -> Result<EntryReader<'_>, ZipError> {
