@@ -311,7 +311,8 @@ fn read_tls(env: &HashMap<String, String>) -> Result<Option<TlsConfig>, ConfigEr
     }
     if !cfg!(feature = "tls") {
         return Err(err(
-            "SYNC_TLS_CERT is set, but this build has no TLS support (cargo feature \"tls\")",
+            "SYNC_TLS_CERT is set, but this build has no TLS support (cargo feature \"tls\"): \
+             build with `cargo build --release --features tls`, or use a reverse proxy",
         ));
     }
     Ok(Some(TlsConfig {

@@ -9,6 +9,8 @@
 //! takes its trust roots from `rustls-native-certs`, which reads
 //! `SSL_CERT_FILE`: that is how the test CA is trusted.
 
+#![cfg(feature = "tls")]
+
 mod support;
 
 use std::path::Path;
