@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::dumps::first_difference;
 use support::http::{Conn, HKEY, Reply, zstd};
 use support::{Account, ClientError, Server, client_ok};
 use tempfile::TempDir;
@@ -50,39 +51,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The first place where two dumps differ, skipping what legitimately
-/// differs between devices (the same rule as tests/normal_sync.rs).
-fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for key in x.keys().chain(y.keys()) {
-                let (l, r) = (
-                    x.get(key).unwrap_or(&Value::Null),
-                    y.get(key).unwrap_or(&Value::Null),
-                );
-                if let Some(d) = first_difference(&format!("{path}.{key}"), l, r) {
-                    return Some(d);
-                }
-            }
-            None
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (l, r))| first_difference(&format!("{path}[{i}]"), l, r)),
-        _ if a == b || legitimately_local(path) => None,
-        _ => Some(format!("{path}:\n  A: {a:.300}\n  B: {b:.300}")),
-    }
-}
-
-fn legitimately_local(path: &str) -> bool {
-    (path.starts_with("dump.tables.config[")
-        && (path.ends_with(".mtime_secs") || path.ends_with(".usn")))
-        || (path.starts_with("dump.tables.graves[") && path.ends_with(".usn"))
-        || (path.starts_with("dump.tables.tags[") && path.ends_with(".usn"))
 }
 
 /// A sync that lost the race with another device of the same user: the
