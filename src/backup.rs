@@ -191,13 +191,14 @@ fn snapshot(
     let dir = backups_dir(state.dir());
     fs::create_dir_all(&dir)?;
     // Two backups in one second (an upload right after a restore): the
-    // second takes the next free second, so names stay unique and ordered.
+    // second takes the next free second, whatever the reasons, so names stay
+    // unique and their times keep the order they were taken in.
+    let taken: Vec<i64> = list(state.dir())?.iter().map(|b| b.secs).collect();
     let mut secs = now_secs;
-    let mut target = dir.join(file_name(secs, reason));
-    while target.exists() {
+    while taken.contains(&secs) {
         secs += 1;
-        target = dir.join(file_name(secs, reason));
     }
+    let target = dir.join(file_name(secs, reason));
     let temp = dir.join(format!("tmp-{}-{}.tmp", std::process::id(), now_millis()));
     let written = compress(&source, &temp).and_then(|size| {
         fs::rename(&temp, &target)?;
@@ -573,6 +574,22 @@ mod tests {
             [T0 + 4 * DAY_SECS, T0 + 3 * DAY_SECS, T0 + 2 * DAY_SECS]
         );
         assert!(backups.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn backups_in_one_second_keep_the_order_they_were_taken_in() {
+        let (_base, store) = store();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
+        fill(&mut user, 3);
+        snapshot(&mut user, Reason::BeforeUpload, T0, 8).unwrap();
+        snapshot(&mut user, Reason::BeforeRestore, T0, 8).unwrap();
+        let reasons: Vec<Reason> = list(user.dir()).unwrap().iter().map(|b| b.reason).collect();
+        assert_eq!(
+            reasons,
+            [Reason::BeforeRestore, Reason::BeforeUpload],
+            "newest first"
+        );
     }
 
     #[test]
