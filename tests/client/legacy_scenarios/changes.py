@@ -82,6 +82,10 @@ if col.v3_scheduler():
         col.sched.answer_card(answer)
         reviewed += 1
 col.set_config("legacyScenarioValue", {"from": "legacy", "n": 1})
+# 2.1.56 commits on close only if it sees a change, by comparing col.mod
+# in milliseconds: a config write in the same millisecond as the last
+# save would be rolled back. Mark it as a change.
+col.db.modified_in_python = True
 result = {
     "edited": edited,
     "deleted": deleted + doomed_notes,
