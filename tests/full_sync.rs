@@ -165,6 +165,51 @@ fn round_trip(notes: u64) {
     );
 }
 
+/// Our SQLite is built without FTS5 and R*Tree (.cargo/config.toml). A
+/// collection in which an add-on keeps such tables must still be accepted,
+/// sync normally, and reach other devices (current and legacy) intact.
+#[test]
+fn addon_virtual_tables_survive_a_round_trip() {
+    let server = Server::start(USERS, &[]);
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a.anki2");
+    let b = dir.path().join("b.anki2");
+    let user = account(&server, "user", "pass");
+    client_ok(&["make", "--path", path_str(&a), "--notes", "200"]);
+    let tables = |path: &Path, write: bool| {
+        let mut argv = vec!["run", "--path", path_str(path), "--script", "addon_tables"];
+        if write {
+            argv.extend(["--arg", "write=1"]);
+        }
+        client_ok(&argv)
+    };
+    let written = tables(&a, true);
+    assert_eq!(
+        written,
+        serde_json::json!({"fts": [["hello from an add-on"]], "rtree": [[7, 1.5, 2.5]]})
+    );
+
+    assert_eq!(user.sync(&a), "FULL_UPLOAD");
+    user.run("full-upload", Some(&a)).unwrap();
+    // A normal sync on top of it (the client reports the state after it).
+    client_ok(&["add-notes", "--path", path_str(&a), "--notes", "5"]);
+    assert_eq!(user.sync(&a), "NO_CHANGES");
+
+    assert_eq!(user.sync(&b), "FULL_DOWNLOAD");
+    let downloaded = user.run("full-download", Some(&b)).unwrap();
+    assert_eq!(downloaded["notes"], 205);
+    assert_eq!(tables(&b, false), written);
+    assert_eq!(user.sync(&b), "NO_CHANGES");
+
+    // A legacy client gets the schema-11 copy, made with `VACUUM INTO`.
+    if server.kind() == support::ServerKind::Ours {
+        let c = dir.path().join("c.anki2");
+        let legacy = user.run_legacy("full-download", Some(&c)).unwrap();
+        assert_eq!(legacy["notes"], 205);
+        assert_eq!(tables(&c, false), written);
+    }
+}
+
 /// Checks that `dump` holds what `anki_client.py make` creates, so that two
 /// equal dumps cannot both be equally wrong.
 fn assert_made_content(dump: &Value, notes: u64) {
