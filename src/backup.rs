@@ -202,7 +202,7 @@ fn snapshot(
     let temp = dir.join(format!("tmp-{}-{}.tmp", std::process::id(), now_millis()));
     let written = compress(&source, &temp).and_then(|size| {
         fs::rename(&temp, &target)?;
-        File::open(&dir)?.sync_all()?;
+        crate::fsutil::sync_dir(&dir)?;
         Ok(size)
     });
     let size = match written {
@@ -343,7 +343,7 @@ pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<B
     });
     stamp.map_err(|e| format!("marking the restored collection: {e}"))?;
     temp.persist(&pending_path(user_dir))
-        .and_then(|()| File::open(&dir)?.sync_all())
+        .and_then(|()| crate::fsutil::sync_dir(&dir))
         .map_err(|e| format!("staging the restore in {}: {e}", dir.display()))?;
     Ok(chosen)
 }

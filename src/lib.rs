@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cli;
 pub mod collection;
 pub mod config;
+pub mod fsutil;
 pub mod http;
 pub mod media;
 pub mod migrate;

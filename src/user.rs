@@ -204,9 +204,11 @@ impl UserStore {
         slots.values().cloned().collect()
     }
 
-    /// Closes collections unused for `idle`. Skips users that are busy.
+    /// Closes collections and media databases unused for `idle`. Skips
+    /// users that are busy.
     pub fn close_idle(&self, idle: Duration) {
         for slot in self.all() {
+            slot.media.close_idle(idle);
             if let Ok(mut state) = slot.state.try_lock() {
                 let unused = state.last_used.elapsed();
                 // A sync abandoned mid-way (client crashed) is rolled back
@@ -221,10 +223,11 @@ impl UserStore {
         }
     }
 
-    /// Closes every collection (at shutdown).
+    /// Closes every collection and media database (at shutdown).
     pub fn close_all(&self) {
         for slot in self.all() {
             slot.lock().close_collection();
+            slot.media.close();
         }
     }
 }
@@ -234,7 +237,9 @@ impl UserStore {
 fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
     let dir = base.join(name);
     fs::create_dir_all(dir.join("media"))?;
-    remove_leftover_temp_files(&dir);
+    crate::fsutil::remove_leftover_temp_files(&dir, |name| {
+        name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX)
+    });
     let media = MediaSlot::open(&dir)?;
     Ok(UserSlot {
         name: name.to_string(),
@@ -246,22 +251,6 @@ fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
             sync: None,
         }),
     })
-}
-
-fn remove_leftover_temp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX) {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
-                Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
-            }
-        }
-    }
 }
 
 pub fn now_millis() -> i64 {

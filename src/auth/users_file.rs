@@ -213,7 +213,7 @@ impl UsersFile {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        File::open(dir)?.sync_all()
+        crate::fsutil::sync_dir(dir)
     }
 }
 

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 
 use super::SyncError;
 use crate::backup;
+use crate::fsutil::{sidecar, sync_dir};
 use crate::storage;
 use crate::user::{COLLECTION_FILE, TEMP_SUFFIX, UserState};
 
@@ -237,16 +238,6 @@ pub fn prepare_legacy_download(
     let len = file.metadata()?.len();
     drop(temp);
     Ok((file, len))
-}
-
-fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn random_u64() -> u64 {

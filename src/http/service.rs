@@ -273,7 +273,7 @@ impl Service {
                     now_ms: now_millis(),
                     file_size,
                     max_payload_bytes: self.config.max_payload_bytes(),
-                    media_usn: slot.media.usn(),
+                    media_usn: slot.media.usn()?,
                 };
                 let answer = meta::meta(col, &req, &ctx)?;
                 Ok(Reply::Bytes(

@@ -12,6 +12,10 @@
 //! between the moves and the commit is finished or undone at start-up. Downloads open the chosen files under the lock
 //! (an open file stays valid when an upload later replaces or deletes it)
 //! and pack them into an unlinked temp file after releasing it.
+//!
+//! Like the collection, `media.db` is opened on first use and closed when
+//! idle: a server at rest holds no database memory and has not even loaded
+//! SQLite's code.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +23,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use rusqlite::Connection;
@@ -33,6 +38,7 @@ use super::{
     MAX_UPLOAD_CONTENT_BYTES,
 };
 use crate::collection::SyncError;
+use crate::fsutil::sync_dir;
 
 /// The flat folder of media files inside a user's folder.
 pub const MEDIA_DIR: &str = "media";
@@ -57,10 +63,20 @@ pub enum SpoolError {
 pub struct MediaSlot {
     user_dir: PathBuf,
     media_dir: PathBuf,
-    db: Mutex<Connection>,
+    db: Mutex<MediaDb>,
     /// `meta.last_usn`, readable without the lock (for `/sync/meta`, which
-    /// must not wait for a media upload).
+    /// must not wait for a media upload); [`USN_UNKNOWN`] until the
+    /// database was first read. Only this server writes `media.db` while it
+    /// runs, so the value stays right while the connection is closed.
     usn: AtomicI32,
+}
+
+const USN_UNKNOWN: i32 = -1;
+
+/// What the media lock guards: the connection, when open.
+struct MediaDb {
+    conn: Option<Connection>,
+    last_used: Instant,
 }
 
 /// An upload that passed every check, with its additions extracted into
@@ -171,10 +187,6 @@ fn remove_backups(steps: &[Undo]) {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Finishes or undoes an upload that a crash interrupted between moving
 /// files and committing the database (see [`JOURNAL`]).
 fn recover_interrupted_upload(user_dir: &Path, last_usn: i32) {
@@ -225,28 +237,29 @@ fn recover_interrupted_upload(user_dir: &Path, last_usn: i32) {
     }
 }
 
+fn open_db(user_dir: &Path) -> io::Result<Connection> {
+    let path = user_dir.join(db::DB_FILE);
+    db::open(&path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+}
+
+fn read_usn(user_dir: &Path, conn: &Connection) -> io::Result<i32> {
+    db::meta(conn)
+        .map(|meta| meta.last_usn)
+        .map_err(|e| io::Error::other(format!("{}: {e}", user_dir.join(db::DB_FILE).display())))
+}
+
+fn close_db(user_dir: &Path, conn: Connection) {
+    if let Err((_, e)) = conn.close() {
+        warn!("closing {}: {e}", user_dir.join(db::DB_FILE).display());
+    }
+}
+
 /// A temp file with no name: the space is freed when the handle is dropped,
 /// whatever happens.
 fn anonymous_temp(dir: &Path) -> io::Result<File> {
     let (path, file) = create_temp(dir, "spool")?;
     fs::remove_file(&path)?;
     Ok(file)
-}
-
-fn remove_leftover_temp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
-                Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
-            }
-        }
-    }
 }
 
 fn now_secs() -> i64 {
@@ -272,36 +285,48 @@ fn disk(what: &str, e: io::Error) -> SyncError {
 }
 
 impl MediaSlot {
-    /// Creates `media/` and `media.db` if needed (the official server does
-    /// this for every user at start-up) and removes leftover temp files.
+    /// Creates `media/` if needed (as the official server does for every
+    /// user at start-up), finishes or undoes an upload a crash interrupted,
+    /// and removes leftover temp files. `media.db` is created on first use;
+    /// it is only opened here when a journal needs its USN, and is closed
+    /// again before serving.
     pub fn open(user_dir: &Path) -> io::Result<MediaSlot> {
         let media_dir = user_dir.join(MEDIA_DIR);
         fs::create_dir_all(&media_dir)?;
-        let path = user_dir.join(db::DB_FILE);
-        let conn =
-            db::open(&path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
-        let usn = db::meta(&conn)
-            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
-            .last_usn;
-        // Before cleaning temp files: they may hold contents to put back.
-        recover_interrupted_upload(user_dir, usn);
-        remove_leftover_temp_files(user_dir);
+        let mut usn = USN_UNKNOWN;
+        if user_dir.join(JOURNAL).exists() {
+            let conn = open_db(user_dir)?;
+            usn = read_usn(user_dir, &conn)?;
+            // Before cleaning temp files: they may hold contents to put back.
+            recover_interrupted_upload(user_dir, usn);
+            close_db(user_dir, conn);
+        }
+        crate::fsutil::remove_leftover_temp_files(user_dir, |name| {
+            name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+        });
         Ok(MediaSlot {
             user_dir: user_dir.to_path_buf(),
             media_dir,
-            db: Mutex::new(conn),
+            db: Mutex::new(MediaDb {
+                conn: None,
+                last_used: Instant::now(),
+            }),
             usn: AtomicI32::new(usn),
         })
     }
 
-    /// The current media USN, without waiting for the lock.
-    pub fn usn(&self) -> i32 {
-        self.usn.load(Ordering::SeqCst)
+    /// The current media USN, without waiting for the lock once it is
+    /// known (the first call after start-up reads the database).
+    pub fn usn(&self) -> Result<i32, SyncError> {
+        match self.usn.load(Ordering::SeqCst) {
+            USN_UNKNOWN => self.with_db(|conn| Ok(db::meta(conn)?.last_usn)),
+            usn => Ok(usn),
+        }
     }
 
     /// Takes the media lock. A panic while it was held dropped any open
     /// transaction (rolling it back), so the connection is still good.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    fn lock(&self) -> MutexGuard<'_, MediaDb> {
         self.db.lock().unwrap_or_else(|poisoned| {
             warn!(
                 "media store in {}: recovering after a failed request",
@@ -312,13 +337,53 @@ impl MediaSlot {
         })
     }
 
+    /// Runs `work` under the media lock on the connection, opening it
+    /// first if it is closed.
+    fn with_db<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let mut guard = self.lock();
+        guard.last_used = Instant::now();
+        let conn = match guard.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let conn =
+                    open_db(&self.user_dir).map_err(|e| SyncError::Internal(e.to_string()))?;
+                let usn = read_usn(&self.user_dir, &conn)
+                    .map_err(|e| SyncError::Internal(e.to_string()))?;
+                self.usn.store(usn, Ordering::SeqCst);
+                conn
+            }
+        };
+        work(guard.conn.insert(conn))
+    }
+
+    /// Closes the connection if it was unused for `idle`; skips a busy store.
+    pub fn close_idle(&self, idle: Duration) {
+        if let Ok(mut guard) = self.db.try_lock() {
+            if guard.last_used.elapsed() >= idle {
+                if let Some(conn) = guard.conn.take() {
+                    close_db(&self.user_dir, conn);
+                }
+            }
+        }
+    }
+
+    /// Closes the connection, waiting for a request that uses it (shutdown).
+    pub fn close(&self) {
+        if let Some(conn) = self.lock().conn.take() {
+            close_db(&self.user_dir, conn);
+        }
+    }
+
     pub fn meta(&self) -> Result<Meta, SyncError> {
-        Ok(db::meta(&self.lock())?)
+        self.with_db(|conn| Ok(db::meta(conn)?))
     }
 
     /// `mediaChanges`: one page of changes after `after`.
     pub fn changes(&self, after: i64) -> Result<Vec<Change>, SyncError> {
-        Ok(db::changes(&self.lock(), after, CHANGES_PAGE)?)
+        self.with_db(|conn| Ok(db::changes(conn, after, CHANGES_PAGE)?))
     }
 
     /// Copies an upload body into an unlinked temp file in the user's
@@ -439,7 +504,21 @@ impl MediaSlot {
     /// one USN per effective change in `_meta` order, none for no-ops.
     /// Returns `[processed, last_usn]`.
     pub fn apply(&self, upload: Upload) -> Result<(usize, i32), SyncError> {
-        let mut conn = self.lock();
+        let (last_usn, undo) = self.with_db(|conn| self.apply_locked(conn, &upload))?;
+        // Outside the lock: the journal is gone, so these are plain
+        // leftover temp files that start-up would remove after a crash.
+        remove_backups(&undo);
+        Ok((upload.changes.len(), last_usn))
+    }
+
+    /// The part of [`Self::apply`] under the media lock: database changes,
+    /// journaled file moves, commit. The journal is removed under the lock
+    /// too, so it can never be another upload's journal.
+    fn apply_locked(
+        &self,
+        conn: &mut Connection,
+        upload: &Upload,
+    ) -> Result<(i32, Vec<Undo>), SyncError> {
         let tx = conn.transaction()?;
         let mut meta = db::meta(&tx)?;
         let now = now_secs();
@@ -481,7 +560,7 @@ impl MediaSlot {
         db::set_meta(&tx, &meta)?;
 
         let steps = self
-            .plan_moves(&upload, &plan.order)
+            .plan_moves(upload, &plan.order)
             .map_err(|e| disk("placing media files", e))?;
         self.write_journal(meta.last_usn, &steps)
             .map_err(|e| disk("writing the media journal", e))?;
@@ -497,10 +576,8 @@ impl MediaSlot {
             return Err(e.into());
         }
         self.usn.store(meta.last_usn, Ordering::SeqCst);
-        drop(conn);
-        remove_backups(&undo);
         self.remove_journal();
-        Ok((upload.changes.len(), meta.last_usn))
+        Ok((meta.last_usn, undo))
     }
 
     /// The moves that put an upload in place: old files aside to fresh
@@ -608,11 +685,18 @@ impl MediaSlot {
     }
 
     fn open_for_download(&self, names: &[String]) -> Result<Vec<(String, File)>, SyncError> {
-        let mut conn = self.lock();
+        self.with_db(|conn| self.open_for_download_locked(conn, names))
+    }
+
+    fn open_for_download_locked(
+        &self,
+        conn: &mut Connection,
+        names: &[String],
+    ) -> Result<Vec<(String, File)>, SyncError> {
         let mut chosen = Vec::new();
         let mut total = 0u64;
         for name in names {
-            let row = db::get(&conn, name)?
+            let row = db::get(conn, name)?
                 .filter(|row| row.size > 0)
                 .ok_or_else(|| SyncError::Conflict(format!("{name:?} is not on the server")))?;
             chosen.push(name);
@@ -719,6 +803,30 @@ mod tests {
         (dir, slot)
     }
 
+    #[test]
+    fn database_is_opened_on_first_use_and_closed_when_idle() {
+        let (dir, slot) = slot();
+        let db_file = dir.path().join(db::DB_FILE);
+        let wal = dir.path().join("media.db-wal");
+        assert!(!db_file.exists(), "start-up must not open media.db");
+        assert_eq!(slot.usn().unwrap(), 0);
+        assert!(db_file.exists());
+        upload(&slot, &[("a.txt", Some(b"one"))]).unwrap();
+        assert!(wal.exists(), "open in WAL mode after a write");
+        slot.close_idle(Duration::from_secs(3600));
+        assert!(wal.exists(), "used just now: stays open");
+        slot.close_idle(Duration::ZERO);
+        assert!(!wal.exists(), "closing checkpoints and removes the WAL");
+        // Reopened on demand, with everything in it.
+        assert_eq!(slot.meta().unwrap().last_usn, 1);
+        assert_eq!(slot.changes(0).unwrap().len(), 1);
+        slot.close();
+        assert!(!wal.exists());
+        // A restart learns the USN on first use.
+        let again = MediaSlot::open(dir.path()).unwrap();
+        assert_eq!(again.usn().unwrap(), 1);
+    }
+
     /// Uploads `changes` (name, content or None for a deletion) as a client
     /// would: entries named by position, `_meta` last.
     fn upload(
@@ -784,7 +892,7 @@ mod tests {
         ];
         assert_eq!(upload(&slot, &three).unwrap(), (3, 3));
         assert_eq!(counters(&slot), (3, 41, 3));
-        assert_eq!(slot.usn(), 3);
+        assert_eq!(slot.usn().unwrap(), 3);
         assert_eq!(
             on_disk(dir.path(), "banana.mp3").unwrap(),
             b"banana-data-22"
@@ -795,9 +903,8 @@ mod tests {
             (1, 3)
         );
         assert_eq!(upload(&slot, &[("never.jpg", None)]).unwrap(), (1, 3));
-        let conn = slot.lock();
-        assert!(db::get(&conn, "never.jpg").unwrap().is_none());
-        drop(conn);
+        let never = slot.with_db(|conn| Ok(db::get(conn, "never.jpg")?));
+        assert!(never.unwrap().is_none());
         // A deletion leaves a tombstone and removes the file.
         assert_eq!(upload(&slot, &[("banana.mp3", None)]).unwrap(), (1, 4));
         assert_eq!(on_disk(dir.path(), "banana.mp3"), None);
@@ -892,7 +999,7 @@ mod tests {
         assert_eq!(on_disk(dir.path(), "a.txt").unwrap(), b"old");
         assert_eq!(on_disk(dir.path(), "gone.txt").unwrap(), b"bye");
         assert_eq!(counters(&slot), (2, 6, 2));
-        assert_eq!(slot.usn(), 2);
+        assert_eq!(slot.usn().unwrap(), 2);
         assert!(temp_files_left(dir.path()).is_empty());
     }
 
@@ -988,7 +1095,7 @@ mod tests {
         drop(slot);
         fs::write(dir.path().join("media-stage-1-1.tmp"), b"partial").unwrap();
         let slot = MediaSlot::open(dir.path()).unwrap();
-        assert_eq!(slot.usn(), 1);
+        assert_eq!(slot.usn().unwrap(), 1);
         assert!(temp_files_left(dir.path()).is_empty());
     }
 }

@@ -302,7 +302,7 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "wal").unwrap();
         drop(conn);
         prepare(&path).unwrap();
-        assert!(!super::super::source::sidecar(&path, "-wal").exists());
+        assert!(!crate::fsutil::sidecar(&path, "-wal").exists());
         let mode: String = storage::open(&path)
             .unwrap()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

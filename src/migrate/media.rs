@@ -111,7 +111,7 @@ pub fn prepare(
     conn.close().map_err(|(_, e)| e.to_string())?;
     fs::remove_file(&copy).map_err(|e| format!("removing {}: {e}", copy.display()))?;
     for suffix in ["-wal", "-journal"] {
-        let _ = fs::remove_file(source::sidecar(&copy, suffix));
+        let _ = fs::remove_file(crate::fsutil::sidecar(&copy, suffix));
     }
     if skipped > 0 {
         warnings.push(format!(
@@ -125,8 +125,7 @@ pub fn prepare(
             old_folder.display()
         ));
     }
-    File::open(&media_dir)
-        .and_then(|d| d.sync_all())
+    crate::fsutil::sync_dir(&media_dir)
         .map_err(|e| format!("syncing {}: {e}", media_dir.display()))?;
     Ok(out)
 }

@@ -296,7 +296,7 @@ fn install(staging: &Path, dest: &Path) -> io::Result<()> {
     for name in [MEDIA_DIR, MEDIA_DB_FILE, COLLECTION_FILE] {
         let target = dest.join(name);
         for suffix in ["-wal", "-shm", "-journal"] {
-            let side = source::sidecar(&target, suffix);
+            let side = crate::fsutil::sidecar(&target, suffix);
             match fs::remove_file(&side) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -307,7 +307,7 @@ fn install(staging: &Path, dest: &Path) -> io::Result<()> {
         }
         fs::rename(staging.join(name), &target)?;
     }
-    fs::File::open(dest)?.sync_all()
+    crate::fsutil::sync_dir(dest)
 }
 
 fn report(out: &mut dyn Write, user: &SourceUser, imported: &Imported) -> Result<(), String> {

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::fsutil::sidecar;
+
 pub const COLLECTION_FILE: &str = "collection.anki2";
 pub const MEDIA_FOLDER: &str = "collection.media";
 pub const MEDIA_DB: &str = "collection.media.server.db";
@@ -186,12 +188,6 @@ pub fn copy_database(src: &Path, dest: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// Reads every row of a copy of `collection.media.server.db`, oldest USN

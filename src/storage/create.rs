@@ -96,7 +96,7 @@ fn build(tmp: &Path, now_ms: i64) -> rusqlite::Result<()> {
     // Closing the last connection checkpoints the WAL into the main file and
     // deletes it; only then is `tmp` alone a complete collection.
     conn.close().map_err(|(_, e)| e)?;
-    if wal_path(tmp).exists() {
+    if crate::fsutil::sidecar(tmp, "-wal").exists() {
         return Err(io_error(
             "checkpointing new collection",
             io::Error::other("WAL file left behind"),
@@ -112,37 +112,13 @@ fn persist(tmp: &Path, path: &Path) -> rusqlite::Result<()> {
         .and_then(|f| f.sync_all())
         .map_err(|e| io_error("syncing new collection", e))?;
     fs::rename(tmp, path).map_err(|e| io_error("renaming new collection into place", e))?;
-    sync_dir(path).map_err(|e| io_error("syncing collection directory", e))
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-/// Directories cannot be opened for syncing on other platforms; the rename
-/// is still atomic there.
-#[cfg(not(unix))]
-fn sync_dir(_path: &Path) -> io::Result<()> {
-    Ok(())
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_os_string();
-    name.push("-wal");
-    PathBuf::from(name)
+    crate::fsutil::sync_parent(path).map_err(|e| io_error("syncing collection directory", e))
 }
 
 /// Best effort: the error that got us here is the one worth reporting.
 fn remove_leftovers(tmp: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut name = tmp.as_os_str().to_os_string();
-        name.push(suffix);
-        let _ = fs::remove_file(PathBuf::from(name));
+        let _ = fs::remove_file(crate::fsutil::sidecar(tmp, suffix));
     }
 }
 
