@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 use unicode_normalization::UnicodeNormalization;
 
 use super::json::{self, Obj, Res};
-use super::notetype::name_taken;
-use super::{ConvertError, decode_blob, in_savepoint};
+use super::{ConvertError, decode_blob, in_savepoint, make_name_unique};
 use crate::storage::proto::decks::deck;
 use deck::kind_container::Kind;
 use deck::normal::DayLimit;
@@ -413,12 +412,7 @@ pub fn store_deck(
         )));
     }
     in_savepoint(conn, || {
-        let mut renamed = false;
-        while name_taken(conn, "decks", &d.name, d.id)? {
-            d.name.push('+');
-            renamed = true;
-        }
-        if renamed {
+        if make_name_unique(conn, "decks", &mut d.name, d.id)? {
             d.mtime_secs = now_secs;
             d.usn = server_usn;
         }

@@ -7,11 +7,11 @@
 //! by its defaults, as upstream does.
 
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use super::json::{self, Obj, Res};
-use super::{ConvertError, decode_blob};
+use super::{ConfigRow, ConvertError, decode_blob, load_config_row};
 use crate::storage::proto::deck_config::deck_config;
 use crate::storage::stock::default_deck_config;
 use deck_config::config::{LeechAction, NewCardInsertOrder};
@@ -514,21 +514,13 @@ pub fn deckconfig_from_json(v: &Value) -> Result<DeckConfigRow, ConvertError> {
 
 /// The preset with this id as stored (not clamped), if it exists.
 pub fn load_deckconfig(conn: &Connection, id: i64) -> Result<Option<DeckConfigRow>, ConvertError> {
-    let row = conn
-        .query_row(
-            "SELECT name, mtime_secs, usn, config FROM deck_config WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i32>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((name, mtime_secs, usn, config)) = row else {
+    let Some(ConfigRow {
+        name,
+        mtime_secs,
+        usn,
+        config,
+    }) = load_config_row(conn, "deck_config", id)?
+    else {
         return Ok(None);
     };
     Ok(Some(DeckConfigRow {

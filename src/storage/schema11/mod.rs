@@ -28,6 +28,8 @@ pub use notetype::{
 
 use std::fmt;
 
+use rusqlite::OptionalExtension;
+
 /// Errors of the conversion layer.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -88,6 +90,59 @@ fn in_savepoint<T>(
             Err(err)
         }
     }
+}
+
+/// Appends `+` to `name` while another row of `table` (not `id`) has it, as
+/// Anki does; the column's `unicase` collation makes the comparison
+/// case-insensitive. Returns whether the name changed.
+fn make_name_unique(
+    conn: &rusqlite::Connection,
+    table: &str,
+    name: &mut String,
+    id: i64,
+) -> Result<bool, ConvertError> {
+    let sql = format!("SELECT 1 FROM {table} WHERE name = ?1 AND id != ?2 LIMIT 1");
+    let mut renamed = false;
+    while conn
+        .query_row(&sql, rusqlite::params![name.as_str(), id], |_| Ok(()))
+        .optional()?
+        .is_some()
+    {
+        name.push('+');
+        renamed = true;
+    }
+    Ok(renamed)
+}
+
+/// The common columns of a row of `deck_config` or `notetypes`.
+struct ConfigRow {
+    name: String,
+    mtime_secs: i64,
+    usn: i32,
+    config: Vec<u8>,
+}
+
+/// Row `id` of `table` (`deck_config` or `notetypes`), if it exists.
+fn load_config_row(
+    conn: &rusqlite::Connection,
+    table: &str,
+    id: i64,
+) -> Result<Option<ConfigRow>, ConvertError> {
+    let row = conn
+        .query_row(
+            &format!("SELECT name, mtime_secs, usn, config FROM {table} WHERE id = ?1"),
+            [id],
+            |r| {
+                Ok(ConfigRow {
+                    name: r.get(0)?,
+                    mtime_secs: r.get(1)?,
+                    usn: r.get(2)?,
+                    config: r.get(3)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(row)
 }
 
 /// Ids of the rows of `table` whose usn is at least `min_usn`, ascending.

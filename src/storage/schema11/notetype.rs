@@ -6,11 +6,13 @@
 //! is always the position in those vectors.
 
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use super::json::{self, Res};
-use super::{ConvertError, decode_blob, in_savepoint};
+use super::{
+    ConfigRow, ConvertError, decode_blob, in_savepoint, load_config_row, make_name_unique,
+};
 use crate::storage::proto::notetypes::notetype;
 use notetype::config::CardRequirement;
 use notetype::config::card_requirement::Kind as ReqKind;
@@ -356,21 +358,13 @@ fn template_from_json(v: &Value) -> Res<TemplateRow> {
 
 /// The notetype with this id and its fields and templates, if it exists.
 pub fn load_notetype(conn: &Connection, id: i64) -> Result<Option<NotetypeRow>, ConvertError> {
-    let row = conn
-        .query_row(
-            "SELECT name, mtime_secs, usn, config FROM notetypes WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i32>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((name, mtime_secs, usn, config)) = row else {
+    let Some(ConfigRow {
+        name,
+        mtime_secs,
+        usn,
+        config,
+    }) = load_config_row(conn, "notetypes", id)?
+    else {
         return Ok(None);
     };
     let mut stmt = conn.prepare("SELECT name, config FROM fields WHERE ntid = ?1 ORDER BY ord")?;
@@ -439,12 +433,7 @@ pub fn store_notetype(
         return Err(ConvertError::Invalid("notetype id 0".into()));
     }
     in_savepoint(conn, || {
-        let mut renamed = false;
-        while name_taken(conn, "notetypes", &nt.name, nt.id)? {
-            nt.name.push('+');
-            renamed = true;
-        }
-        if renamed {
+        if make_name_unique(conn, "notetypes", &mut nt.name, nt.id)? {
             nt.mtime_secs = now_secs;
             nt.usn = server_usn;
         }
@@ -482,24 +471,6 @@ pub fn store_notetype(
         }
         Ok(())
     })
-}
-
-/// Whether a row of `table` other than `id` has this name (the column's
-/// `unicase` collation makes the comparison case-insensitive).
-pub(super) fn name_taken(
-    conn: &Connection,
-    table: &str,
-    name: &str,
-    id: i64,
-) -> Result<bool, ConvertError> {
-    let found = conn
-        .query_row(
-            &format!("SELECT 1 FROM {table} WHERE name = ?1 AND id != ?2 LIMIT 1"),
-            params![name, id],
-            |_| Ok(()),
-        )
-        .optional()?;
-    Ok(found.is_some())
 }
 
 #[cfg(test)]
