@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use sha1::{Digest, Sha1};
+use support::data::sha1_hex;
 use support::http::{Conn, HKEY, Reply, zstd};
 use support::{Account, Server, client_ok};
 use tempfile::TempDir;
@@ -598,13 +598,6 @@ fn media_zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out
-}
-
-fn sha1_hex(data: &[u8]) -> String {
-    Sha1::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The media store as `media.db` describes it ({name: sha1} of live files,

@@ -137,25 +137,55 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Our server on `fs`, holding the 300-note collection a device uploaded.
+struct Setup {
+    server: Server,
+    user_dir: PathBuf,
+    work: TempDir,
+    device: PathBuf,
+}
+
+impl Setup {
+    fn new(fs: &Tmpfs) -> Setup {
+        let base = path_str(fs.path()).to_string();
+        let server = Server::start_ours(&[USER], &[("SYNC_BASE", &base)]);
+        let work = TempDir::new().unwrap();
+        let device = work.path().join("device.anki2");
+        let setup = Setup {
+            user_dir: fs.path().join(USER.0),
+            server,
+            work,
+            device,
+        };
+        let path = path_str(&setup.device);
+        client_ok(&["make", "--path", path, "--notes", "300"]);
+        assert_eq!(setup.account().sync(&setup.device), "FULL_UPLOAD");
+        setup
+            .account()
+            .run("full-upload", Some(&setup.device))
+            .unwrap();
+        setup
+    }
+
+    fn account(&self) -> Account<'_> {
+        Account {
+            server: &self.server,
+            user: USER.0,
+            password: USER.1,
+        }
+    }
+}
+
 #[test]
 fn uploads_to_a_full_disk_are_refused_readably_and_change_nothing() {
     let Some(fs) = Tmpfs::mount("8m") else {
         return;
     };
-    let base = path_str(fs.path()).to_string();
-    let server = Server::start_ours(&[USER], &[("SYNC_BASE", &base)]);
-    let account = Account {
-        server: &server,
-        user: USER.0,
-        password: USER.1,
-    };
-    let user_dir = fs.path().join(USER.0);
-    let work = TempDir::new().unwrap();
-    let device = work.path().join("device.anki2");
-    client_ok(&["make", "--path", path_str(&device), "--notes", "300"]);
-    assert_eq!(account.sync(&device), "FULL_UPLOAD");
-    account.run("full-upload", Some(&device)).unwrap();
-    assert_eq!(server_notes(&user_dir), 300);
+    let setup = Setup::new(&fs);
+    let (server, user_dir, work, device) =
+        (&setup.server, &setup.user_dir, &setup.work, &setup.device);
+    let account = setup.account();
+    assert_eq!(server_notes(user_dir), 300);
 
     let big = work.path().join("big.anki2");
     client_ok(&["make", "--path", path_str(&big), "--notes", "3000"]);
@@ -164,17 +194,17 @@ fn uploads_to_a_full_disk_are_refused_readably_and_change_nothing() {
     // No room at all, a little, and half of what the upload needs.
     for leave in [0, 64 * 1024, big.len() as u64 / 2] {
         fs.fill_leaving(leave);
-        let reply = call(&mut Conn::open(&server), "upload", HKEY, &big);
+        let reply = call(&mut Conn::open(server), "upload", HKEY, &big);
         assert_eq!(reply.status, 200, "leaving {leave} bytes");
         assert_eq!(
             String::from_utf8_lossy(&reply.payload()),
             String::from_utf8_lossy(NOT_STORED),
             "leaving {leave} bytes"
         );
-        assert!(temp_files(&user_dir).is_empty(), "leaving {leave} bytes");
-        assert_eq!(health(&server), 200);
+        assert!(temp_files(user_dir).is_empty(), "leaving {leave} bytes");
+        assert_eq!(health(server), 200);
         let meta = call(
-            &mut Conn::open(&server),
+            &mut Conn::open(server),
             "meta",
             HKEY,
             br#"{"v":11,"cv":"x"}"#,
@@ -184,21 +214,21 @@ fn uploads_to_a_full_disk_are_refused_readably_and_change_nothing() {
         assert!(matches!(meta.status, 200 | 500), "meta: {}", meta.status);
         fs.free();
         let meta = call(
-            &mut Conn::open(&server),
+            &mut Conn::open(server),
             "meta",
             HKEY,
             br#"{"v":11,"cv":"x"}"#,
         );
         assert_eq!(meta.status, 200, "meta once space is back");
-        assert_eq!(server_notes(&user_dir), 300, "leaving {leave} bytes");
+        assert_eq!(server_notes(user_dir), 300, "leaving {leave} bytes");
     }
 
     // With space again, the device's normal sync and the same upload work.
-    assert_eq!(account.sync(&device), "NO_CHANGES");
-    let reply = call(&mut Conn::open(&server), "upload", HKEY, &big);
+    assert_eq!(account.sync(device), "NO_CHANGES");
+    let reply = call(&mut Conn::open(server), "upload", HKEY, &big);
     assert_eq!(reply.payload(), b"OK");
-    assert_eq!(server_notes(&user_dir), 3000);
-    assert!(temp_files(&user_dir).is_empty());
+    assert_eq!(server_notes(user_dir), 3000);
+    assert!(temp_files(user_dir).is_empty());
 }
 
 #[test]
@@ -206,31 +236,21 @@ fn a_normal_sync_on_a_full_disk_fails_and_rolls_back() {
     let Some(fs) = Tmpfs::mount("8m") else {
         return;
     };
-    let base = path_str(fs.path()).to_string();
-    let server = Server::start_ours(&[USER], &[("SYNC_BASE", &base)]);
-    let account = Account {
-        server: &server,
-        user: USER.0,
-        password: USER.1,
-    };
-    let user_dir = fs.path().join(USER.0);
-    let work = TempDir::new().unwrap();
-    let device = work.path().join("device.anki2");
-    client_ok(&["make", "--path", path_str(&device), "--notes", "300"]);
-    assert_eq!(account.sync(&device), "FULL_UPLOAD");
-    account.run("full-upload", Some(&device)).unwrap();
+    let setup = Setup::new(&fs);
+    let (server, user_dir, device) = (&setup.server, &setup.user_dir, &setup.device);
+    let account = setup.account();
     // 3000 new notes need far more than the few KiB left.
-    client_ok(&["add-notes", "--path", path_str(&device), "--notes", "3000"]);
+    client_ok(&["add-notes", "--path", path_str(device), "--notes", "3000"]);
     fs.fill_leaving(16 * 1024);
     let err = account
-        .run("sync", Some(&device))
+        .run("sync", Some(device))
         .expect_err("a sync into a full disk cannot succeed");
     eprintln!("client saw: {:?}", err.report);
-    assert_eq!(health(&server), 200);
+    assert_eq!(health(server), 200);
     fs.free();
-    assert_eq!(server_notes(&user_dir), 300, "the failed sync left changes");
+    assert_eq!(server_notes(user_dir), 300, "the failed sync left changes");
     // Space again: the same device syncs everything.
-    assert_eq!(account.sync(&device), "NO_CHANGES");
-    assert_eq!(server_notes(&user_dir), 3300);
-    let _ = File::open(&device).unwrap();
+    assert_eq!(account.sync(device), "NO_CHANGES");
+    assert_eq!(server_notes(user_dir), 3300);
+    let _ = File::open(device).unwrap();
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
 use serde_json::{Value, json};
-use sha1::{Digest, Sha1};
+use support::data::sha1_hex;
 use support::http::{Conn, HKEY, Reply, call, sync_header, zstd};
 use support::{Account, Server};
 
@@ -42,13 +42,6 @@ fn data(reply: &Reply) -> Value {
     let body: Value = serde_json::from_slice(&reply.payload()).unwrap();
     assert_eq!(body["err"], "", "{body}");
     body["data"].clone()
-}
-
-fn sha1_hex(data: &[u8]) -> String {
-    Sha1::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A hand-made zip: local headers with real CRCs and sizes (unless told to

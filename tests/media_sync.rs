@@ -11,32 +11,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use sha1::{Digest, Sha1};
+use support::data::{noise, sha1_hex};
 use support::http::{Conn, HKEY, sync_header, zstd};
 use support::{Server, client_ok};
 
 const USER: &str = "user";
 const PASSWORD: &str = "pass";
-
-/// Deterministic bytes that do not compress (xorshift).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn sha1_hex(data: &[u8]) -> String {
-    Sha1::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// One device: a collection (and its media folder) in a temp dir.
 struct Device {

@@ -40,6 +40,17 @@ from anki.collection import AddNoteRequest, Collection
 from anki.errors import SyncError
 from anki.scheduler_pb2 import CardAnswer
 from anki.sync_pb2 import SyncCollectionResponse
+from driver_common import (
+    COL_EXCLUDED,
+    TABLE_ORDER,
+    Failure,
+    fail,
+    media_add,
+    media_listing,
+    plain,
+    sorted_by_id,
+    table_counts,
+)
 
 # Deck names used by `make`; notes are spread over them round-robin.
 DECKS = ["Default", "Languages", "Languages::Spanish", "Science", "History"]
@@ -52,10 +63,6 @@ WORDS = (
     "xray yankee zulu casa perro gato libro agua fuego tierra aire sol luna"
 ).split()
 ADD_BATCH = 2000
-
-
-class Failure(Exception):
-    """A failure the driver detected itself (not raised by the library)."""
 
 
 # ---------------------------------------------------------------- make
@@ -259,31 +266,7 @@ def cmd_full_download(args: argparse.Namespace) -> Any:
 
 # ---------------------------------------------------------------- dump
 
-# What `dump` leaves out, and why: only values a full sync legitimately
-# changes on one side and not the other.
-#   col.mod, col.usn, col.ls: the server bumps usn and sets mod on download,
-#       the client sets ls = mod after a full sync.
-# Everything else (including per-object usn and mod values, which a full
-# sync copies verbatim) is kept.
-COL_EXCLUDED = ("mod", "usn", "ls")
-
-TABLE_ORDER = {
-    "config": "key",
-    "deck_config": "id",
-    "decks": "id",
-    "fields": "ntid, ord",
-    "graves": "oid, type, usn",
-    "notetypes": "id",
-    "tags": "tag",
-    "templates": "ntid, ord",
-}
-
-
-def plain(value: Any) -> Any:
-    # DBProxy hands blobs over as lists of byte values.
-    if isinstance(value, list):
-        return {"hex": bytes(value).hex()}
-    return value
+# What `dump` leaves out, and why: driver_common.COL_EXCLUDED.
 
 
 def rows_as_dicts(col: Collection, sql: str) -> list[dict[str, Any]]:
@@ -292,10 +275,6 @@ def rows_as_dicts(col: Collection, sql: str) -> list[dict[str, Any]]:
     order = TABLE_ORDER[sql]
     rows = col.db.all(f"select {', '.join(names)} from {sql} order by {order}")
     return [dict(zip(names, map(plain, row))) for row in rows]
-
-
-def sorted_by_id(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(items, key=lambda item: item["id"])
 
 
 def cmd_dump(args: argparse.Namespace) -> Any:
@@ -341,13 +320,6 @@ def cmd_dump(args: argparse.Namespace) -> Any:
         }
 
     return with_collection(args.path, run)
-
-
-def table_counts(col: Collection) -> dict[str, int]:
-    return {
-        name: col.db.scalar(f"select count() from {name}")
-        for name in ("notes", "cards", "revlog", "decks", "deck_config", "notetypes", "graves")
-    }
 
 
 def cmd_count(args: argparse.Namespace) -> Any:
@@ -542,7 +514,6 @@ def cmd_schema11_dump(args: argparse.Namespace) -> Any:
 # media syncer, so names are normalised and files scanned exactly as the
 # desktop app does.
 
-import hashlib  # noqa: E402  (kept with the media subcommands that use it)
 
 # Longest wait for one media sync run.
 MEDIA_SYNC_TIMEOUT_SECS = 900
@@ -551,14 +522,7 @@ MEDIA_SYNC_TIMEOUT_SECS = 900
 def cmd_media_add(args: argparse.Namespace) -> Any:
     """Adds every file in --src (by name order); prints {given name: stored name}."""
 
-    def run(col: Collection) -> Any:
-        stored = {}
-        for name in sorted(os.listdir(args.src)):
-            with open(os.path.join(args.src, name), "rb") as f:
-                stored[name] = col.media.write_data(name, f.read())
-        return stored
-
-    return with_collection(args.path, run)
+    return with_collection(args.path, lambda col: media_add(col, args.src))
 
 
 def cmd_media_remove(args: argparse.Namespace) -> Any:
@@ -609,14 +573,7 @@ def cmd_media_sync(args: argparse.Namespace) -> Any:
 
 def cmd_media_list(args: argparse.Namespace) -> Any:
     """{name: sha1} of every file in the collection's media folder."""
-    folder = with_collection(args.path, lambda col: col.media.dir())
-    listing = {}
-    for name in sorted(os.listdir(folder)):
-        full = os.path.join(folder, name)
-        if os.path.isfile(full):
-            with open(full, "rb") as f:
-                listing[name] = hashlib.sha1(f.read()).hexdigest()
-    return listing
+    return media_listing(with_collection(args.path, lambda col: col.media.dir()))
 
 
 def add_media_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -663,11 +620,6 @@ def parser() -> argparse.ArgumentParser:
     command("schema11-dump", cmd_schema11_dump)
     add_media_commands(command)
     return top
-
-
-def fail(info: dict[str, Any]) -> int:
-    print(json.dumps(info, ensure_ascii=False), file=sys.stderr)
-    return 1
 
 
 def main() -> int:

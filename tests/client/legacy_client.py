@@ -34,7 +34,6 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -42,9 +41,17 @@ import tempfile
 import time
 from typing import Any, Callable
 
-
-class Failure(Exception):
-    """A failure the driver detected itself (not raised by the library)."""
+from driver_common import (
+    COL_EXCLUDED,
+    TABLE_ORDER,
+    Failure,
+    fail,
+    media_add,
+    media_listing,
+    plain,
+    sorted_by_id,
+    table_counts,
+)
 
 
 def set_endpoint(url: str) -> None:
@@ -154,8 +161,7 @@ def cmd_full_download(args: argparse.Namespace) -> Any:
 
 # The same shape as anki_client.py's `dump`, so a test can compare a legacy
 # device with a current one. The same values are left out, for the same
-# reason (a full sync changes them on one side only):
-COL_EXCLUDED = ("mod", "usn", "ls")
+# reason (a full sync changes them on one side only): COL_EXCLUDED.
 # Nothing else is normalised here: the dump shows what 2.1.56 holds. What
 # legitimately differs from a 26.9 device holding the same collection
 # (observed against the official server; tolerated, exactly and only, by
@@ -172,17 +178,6 @@ COL_EXCLUDED = ("mod", "usn", "ls")
 #   * tables.config mtime_secs/usn (a schema-11 download has no per-key
 #     times), and graves/tags usn (per-device, as between two 26.9 devices).
 
-TABLE_ORDER = {
-    "config": "key",
-    "deck_config": "id",
-    "decks": "id",
-    "fields": "ntid, ord",
-    "graves": "oid, type, usn",
-    "notetypes": "id",
-    "tags": "tag",
-    "templates": "ntid, ord",
-}
-
 NOTE_COLS = ("id", "guid", "mid", "mod", "usn", "tags", "flds", "sfld", "csum", "flags", "data")
 CARD_COLS = (
     "id", "nid", "did", "ord", "mod", "usn", "type", "queue", "due", "ivl", "factor",
@@ -191,21 +186,10 @@ CARD_COLS = (
 REVLOG_COLS = ("id", "cid", "usn", "ease", "ivl", "lastIvl", "factor", "time", "type")
 
 
-def plain(value: Any) -> Any:
-    # DBProxy hands blobs over as lists of byte values.
-    if isinstance(value, list):
-        return {"hex": bytes(value).hex()}
-    return value
-
-
 def rows_as_dicts(col: Collection, table: str) -> list[dict[str, Any]]:
     names = list(col.db.list(f"select name from pragma_table_info('{table}')"))
     rows = col.db.all(f"select {', '.join(names)} from {table} order by {TABLE_ORDER[table]}")
     return [dict(zip(names, map(plain, row))) for row in rows]
-
-
-def sorted_by_id(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(items, key=lambda item: item["id"])
 
 
 def select(col: Collection, table: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -236,13 +220,6 @@ def cmd_dump(args: argparse.Namespace) -> Any:
         }
 
     return with_collection(args.path, run)
-
-
-def table_counts(col: Collection) -> dict[str, int]:
-    return {
-        name: col.db.scalar(f"select count() from {name}")
-        for name in ("notes", "cards", "revlog", "decks", "deck_config", "notetypes", "graves")
-    }
 
 
 def cmd_count(args: argparse.Namespace) -> Any:
@@ -283,14 +260,7 @@ def cmd_run(args: argparse.Namespace) -> Any:
 def cmd_media_add(args: argparse.Namespace) -> Any:
     """Adds every file in --src (by name order); prints {given name: stored name}."""
 
-    def run(col: Collection) -> Any:
-        stored = {}
-        for name in sorted(os.listdir(args.src)):
-            with open(os.path.join(args.src, name), "rb") as f:
-                stored[name] = col.media.write_data(name, f.read())
-        return stored
-
-    return with_collection(args.path, run)
+    return with_collection(args.path, lambda col: media_add(col, args.src))
 
 
 def cmd_media_remove(args: argparse.Namespace) -> Any:
@@ -325,14 +295,7 @@ def cmd_media_sync(args: argparse.Namespace) -> Any:
 
 def cmd_media_list(args: argparse.Namespace) -> Any:
     """{name: sha1} of every file in the collection's media folder."""
-    folder = with_collection(args.path, lambda col: col.media.dir())
-    listing = {}
-    for name in sorted(os.listdir(folder)):
-        full = os.path.join(folder, name)
-        if os.path.isfile(full):
-            with open(full, "rb") as f:
-                listing[name] = hashlib.sha1(f.read()).hexdigest()
-    return listing
+    return media_listing(with_collection(args.path, lambda col: col.media.dir()))
 
 
 # ---------------------------------------------------------------- main
@@ -369,11 +332,6 @@ def parser() -> argparse.ArgumentParser:
     command("media-sync", cmd_media_sync, server=True)
     command("media-list", cmd_media_list)
     return top
-
-
-def fail(info: dict[str, Any]) -> int:
-    print(json.dumps(info, ensure_ascii=False), file=sys.stderr)
-    return 1
 
 
 def main() -> int:

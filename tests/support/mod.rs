@@ -9,6 +9,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod data;
 pub mod dumps;
 pub mod http;
 
