@@ -115,6 +115,20 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     return sum(status_kb(p, key) for p in process_tree(pid)) / 1024
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size of the process tree: pages shared with other
+    processes (libc, ld.so) count by their share, so this is what the
+    server adds to the machine's memory use."""
+    total = 0
+    for p in process_tree(pid):
+        with open(f"/proc/{p}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total / 1024
+
+
 def reset_peak(pid: int) -> bool:
     """Resets VmHWM to the current RSS (`echo 5 > clear_refs`, Linux >= 4.0);
     returns whether the reset took effect."""
@@ -379,7 +393,16 @@ Row = tuple[str, str, float | str | None, str]  # a str value has the unit "text
 
 
 def idle_rss(bench: Bench, kind: str, tmp: Path) -> list[Row]:
+    """Memory at rest: right after start-up (the server answered /health),
+    and again after one login. RSS counts every page mapped, also the libc
+    pages all processes share; PSS counts those by share."""
     server = bench.start(kind)
+    time.sleep(IDLE_SETTLE_SECONDS)
+    server.check_alive()
+    rows: list[Row] = [
+        ("idle (after start-up)", "RSS MB", rss_mb(server.pid), "mb"),
+        ("idle (after start-up)", "PSS MB", pss_mb(server.pid), "mb"),
+    ]
     col = opened(tmp / "idle.anki2")
     try:
         login(col, server)
@@ -387,7 +410,9 @@ def idle_rss(bench: Bench, kind: str, tmp: Path) -> list[Row]:
         col.close()
     time.sleep(IDLE_SETTLE_SECONDS)
     server.check_alive()
-    return [("idle (after 1 login)", "RSS MB", rss_mb(server.pid), "mb")]
+    rows.append(("idle (after 1 login)", "RSS MB", rss_mb(server.pid), "mb"))
+    rows.append(("idle (after 1 login)", "PSS MB", pss_mb(server.pid), "mb"))
+    return rows
 
 
 def logins(bench: Bench, kind: str, tmp: Path) -> list[Row]:
