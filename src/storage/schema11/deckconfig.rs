@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use super::json::{self, Obj, Res};
-use super::{ConfigRow, ConvertError, decode_blob, load_config_row};
+use super::{ConvertError, decode_blob, load_config_row};
 use crate::storage::proto::deck_config::deck_config;
 use crate::storage::stock::default_deck_config;
 use deck_config::config::{LeechAction, NewCardInsertOrder};
@@ -514,21 +514,15 @@ pub fn deckconfig_from_json(v: &Value) -> Result<DeckConfigRow, ConvertError> {
 
 /// The preset with this id as stored (not clamped), if it exists.
 pub fn load_deckconfig(conn: &Connection, id: i64) -> Result<Option<DeckConfigRow>, ConvertError> {
-    let Some(ConfigRow {
-        name,
-        mtime_secs,
-        usn,
-        config,
-    }) = load_config_row(conn, "deck_config", id)?
-    else {
+    let Some(row) = load_config_row(conn, "deck_config", id)? else {
         return Ok(None);
     };
     Ok(Some(DeckConfigRow {
         id,
-        name,
-        mtime_secs,
-        usn,
-        config: decode_blob(&config, "deck_config.config")?,
+        name: row.name,
+        mtime_secs: row.mtime_secs,
+        usn: row.usn,
+        config: decode_blob(&row.config, "deck_config.config")?,
     }))
 }
 

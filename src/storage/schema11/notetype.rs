@@ -10,9 +10,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use super::json::{self, Res};
-use super::{
-    ConfigRow, ConvertError, decode_blob, in_savepoint, load_config_row, make_name_unique,
-};
+use super::{ConvertError, decode_blob, in_savepoint, load_config_row, make_name_unique};
 use crate::storage::proto::notetypes::notetype;
 use notetype::config::CardRequirement;
 use notetype::config::card_requirement::Kind as ReqKind;
@@ -358,13 +356,7 @@ fn template_from_json(v: &Value) -> Res<TemplateRow> {
 
 /// The notetype with this id and its fields and templates, if it exists.
 pub fn load_notetype(conn: &Connection, id: i64) -> Result<Option<NotetypeRow>, ConvertError> {
-    let Some(ConfigRow {
-        name,
-        mtime_secs,
-        usn,
-        config,
-    }) = load_config_row(conn, "notetypes", id)?
-    else {
+    let Some(row) = load_config_row(conn, "notetypes", id)? else {
         return Ok(None);
     };
     let mut stmt = conn.prepare("SELECT name, config FROM fields WHERE ntid = ?1 ORDER BY ord")?;
@@ -403,10 +395,10 @@ pub fn load_notetype(conn: &Connection, id: i64) -> Result<Option<NotetypeRow>, 
         .collect::<Res<Vec<_>>>()?;
     Ok(Some(NotetypeRow {
         id,
-        name,
-        mtime_secs,
-        usn,
-        config: decode_blob(&config, "notetypes.config")?,
+        name: row.name,
+        mtime_secs: row.mtime_secs,
+        usn: row.usn,
+        config: decode_blob(&row.config, "notetypes.config")?,
         fields,
         templates,
     }))
