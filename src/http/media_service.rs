@@ -7,8 +7,6 @@
 //! `downloadFiles` answers with the bare zip. Failures become statuses in
 //! `http::error`, as for every other route.
 
-use std::io;
-
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -17,7 +15,7 @@ use super::error::HandlerError;
 use super::framing::{FramingError, SyncHeader};
 use super::limit::LimitReader;
 use super::route::MediaMethod;
-use super::service::{Body, Reply, Service};
+use super::service::{Body, Reply, Service, parse_json};
 use crate::collection::SyncError;
 use crate::media::store::SpoolError;
 use crate::media::{MAX_ENTRIES, MAX_UPLOAD_ZIP_BYTES};
@@ -129,13 +127,7 @@ impl Service {
 /// Parses a small media JSON body under its own byte budget.
 fn media_json<T: DeserializeOwned>(body: &mut Body<'_>) -> Result<T, HandlerError> {
     let reader = LimitReader::new(body.decoded()?, MEDIA_JSON_LIMIT, "media request json");
-    serde_json::from_reader(reader).map_err(|e| {
-        if e.is_io() {
-            FramingError::from_body_error(io::Error::from(e)).into()
-        } else {
-            SyncError::BadRequest(format!("media request json: {e}")).into()
-        }
-    })
+    parse_json(reader, "media request json")
 }
 
 /// The media envelope around a successful answer.

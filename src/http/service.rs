@@ -573,16 +573,9 @@ impl Body<'_> {
         }
     }
 
-    /// Parses the body as JSON.
+    /// Parses the body as JSON, as it streams in.
     pub(super) fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
-        let reader = self.decoded()?;
-        serde_json::from_reader(reader).map_err(|e| {
-            if e.is_io() {
-                FramingError::from_body_error(io::Error::from(e)).into()
-            } else {
-                SyncError::BadRequest(format!("request json: {e}")).into()
-            }
-        })
+        parse_json(self.decoded()?, "request json")
     }
 
     /// Reads and ignores the body (methods whose body carries nothing).
@@ -592,6 +585,24 @@ impl Body<'_> {
             .map_err(|e| FramingError::from_body_error(e).into())
     }
 }
+
+/// Parses JSON from a decoded body. serde_json reads a stream one byte at a
+/// time, so the body goes through a buffer: otherwise every byte would be a
+/// call into the zstd (or gzip) decoder and the limit readers beneath it.
+pub(super) fn parse_json<T: DeserializeOwned>(
+    body: impl Read,
+    what: &str,
+) -> Result<T, HandlerError> {
+    serde_json::from_reader(BufReader::with_capacity(JSON_BUFFER, body)).map_err(|e| {
+        if e.is_io() {
+            FramingError::from_body_error(io::Error::from(e)).into()
+        } else {
+            SyncError::BadRequest(format!("{what}: {e}")).into()
+        }
+    })
+}
+
+const JSON_BUFFER: usize = 32 * 1024;
 
 /// Every multipart request is taken to be protocol version 10, as upstream.
 const LEGACY_VERSION: u8 = 10;
