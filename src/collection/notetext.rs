@@ -46,6 +46,15 @@ fn decode_entities(text: &str) -> String {
 
 /// Field text without HTML, media file names kept (padded with spaces).
 pub fn strip_html_keeping_media_names(field: &str) -> String {
+    // Every pattern starts at a `<`: text without one has nothing for them
+    // (and most sort fields are plain words, so this skips the regex engine).
+    if !field.contains('<') {
+        return decode_entities(field);
+    }
+    strip_with_patterns(field)
+}
+
+fn strip_with_patterns(field: &str) -> String {
     let with_names = media_tags().replace_all(field, |caps: &regex_lite::Captures<'_>| {
         let name = caps
             .get(1)
@@ -83,6 +92,26 @@ pub fn clean_field(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_without_a_tag_gives_what_the_patterns_give() {
+        for text in [
+            "",
+            "plain",
+            "a &amp; b &lt;i&gt; &nbsp;x",
+            "broken &amp entity & more",
+            "quotes \" ' > >> />",
+            "ünïcödé 中文 \u{a0}",
+            "line\nbreak\ttab",
+        ] {
+            assert!(!text.contains('<'));
+            assert_eq!(
+                strip_html_keeping_media_names(text),
+                strip_with_patterns(text),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn strips_tags_blocks_and_comments() {
