@@ -192,9 +192,11 @@ const NOTE_INSERT: &str = "insert or replace into notes (id, guid, mid, mod, usn
 /// that may fail keeps a statement journal: a copy of each page it changes.
 /// One row per statement copied the same leaf and index pages over and over
 /// (a fifth of a large sync's instructions); a statement of many rows
-/// copies each page once. 100 rows of 18 values stay far below SQLite's
-/// 32,766 parameters.
-const ROWS_PER_STATEMENT: usize = 100;
+/// copies each page once. A prepared statement grows with its rows (about
+/// 5 KB each), and the full-size one stays in the connection's statement
+/// cache, so this is kept small: 25 rows already copy each page far fewer
+/// times.
+const ROWS_PER_STATEMENT: usize = 25;
 
 /// The rows of one table a chunk writes, in arrival order.
 struct Rows {
@@ -248,8 +250,14 @@ impl Rows {
             let rows = group.len() / self.width;
             let one = format!("({})", vec!["?"; self.width].join(", "));
             let sql = format!("{}{}", self.insert, vec![one; rows].join(", "));
-            col.prepare_cached(&sql)?
-                .execute(rusqlite::params_from_iter(group))?;
+            let params = rusqlite::params_from_iter(group);
+            // Only the full-size statement is worth keeping prepared; the
+            // last, shorter one of a chunk has a different length each time.
+            if rows == ROWS_PER_STATEMENT {
+                col.prepare_cached(&sql)?.execute(params)?;
+            } else {
+                col.prepare(&sql)?.execute(params)?;
+            }
         }
         Ok(())
     }
@@ -623,7 +631,7 @@ mod tests {
         let n = count as i64;
         assert_eq!((notes, cards, dues), (n, n, n * (n + 1) / 2));
         assert_eq!(
-            c.query_row("select sfld from notes where id = 150", [], |r| r
+            c.query_row("select sfld from notes where id = ?", [n], |r| r
                 .get::<_, String>(0))
                 .unwrap(),
             "x"
