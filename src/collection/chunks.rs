@@ -193,9 +193,9 @@ const NOTE_INSERT: &str = "insert or replace into notes (id, guid, mid, mod, usn
 /// One row per statement copied the same leaf and index pages over and over
 /// (a fifth of a large sync's instructions); a statement of many rows
 /// copies each page once. A prepared statement grows with its rows (about
-/// 5 KB each), and the full-size one stays in the connection's statement
-/// cache, so this is kept small: 25 rows already copy each page far fewer
-/// times.
+/// 5 KB each) and stays in the connection's statement cache, so this is
+/// kept small: 25 rows already copy each page far fewer times, and divide a
+/// full chunk of 250.
 const ROWS_PER_STATEMENT: usize = 25;
 
 /// The rows of one table a chunk writes, in arrival order.
@@ -245,18 +245,22 @@ impl Rows {
         }
     }
 
+    /// Full groups of [`ROWS_PER_STATEMENT`] rows with one statement, the
+    /// rest (none for a full chunk of 250) one row at a time: both
+    /// statements stay prepared in the connection's cache.
     fn write(self, col: &Connection) -> Result<(), SyncError> {
-        for group in self.values.chunks(self.width * ROWS_PER_STATEMENT) {
-            let rows = group.len() / self.width;
+        let group = self.width * ROWS_PER_STATEMENT;
+        let full = self.values.len() / group * group;
+        let (groups, rest) = self.values.split_at(full);
+        for (values, rows) in [(groups, ROWS_PER_STATEMENT), (rest, 1)] {
+            if values.is_empty() {
+                continue;
+            }
             let one = format!("({})", vec!["?"; self.width].join(", "));
             let sql = format!("{}{}", self.insert, vec![one; rows].join(", "));
-            let params = rusqlite::params_from_iter(group);
-            // Only the full-size statement is worth keeping prepared; the
-            // last, shorter one of a chunk has a different length each time.
-            if rows == ROWS_PER_STATEMENT {
-                col.prepare_cached(&sql)?.execute(params)?;
-            } else {
-                col.prepare(&sql)?.execute(params)?;
+            let mut statement = col.prepare_cached(&sql)?;
+            for params in values.chunks(self.width * rows) {
+                statement.execute(rusqlite::params_from_iter(params))?;
             }
         }
         Ok(())
