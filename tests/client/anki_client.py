@@ -47,8 +47,9 @@ from driver_common import (
     fail,
     media_add,
     media_listing,
+    object_sections,
     plain,
-    sorted_by_id,
+    scenario,
     table_counts,
 )
 
@@ -311,12 +312,7 @@ def cmd_dump(args: argparse.Namespace) -> Any:
             "notes": notes,
             "cards": cards,
             "revlog": revlog,
-            "decks": sorted_by_id(col.decks.all()),
-            "deck_configs": sorted_by_id(col.decks.all_config()),
-            "notetypes": sorted_by_id(col.models.all()),
-            "config": col.all_config(),
-            "tags": sorted(col.tags.all()),
-            "tables": {name: rows_as_dicts(col, name) for name in TABLE_ORDER},
+            **object_sections(col, rows_as_dicts),
         }
 
     return with_collection(args.path, run)
@@ -338,20 +334,7 @@ def cmd_run(args: argparse.Namespace) -> Any:
     """Runs tests/client/scenarios/NAME.py against the collection. The script
     sees `col`, `args` (the --arg KEY=VALUE pairs) and this module's helpers,
     and may set `result` to what should be printed."""
-    script = os.path.join(SCENARIOS, args.script + ".py")
-    if not os.path.exists(script):
-        raise Failure(f"no scenario {args.script!r} in {SCENARIOS}")
-    params = dict(pair.split("=", 1) for pair in args.arg)
-    with open(script, encoding="utf-8") as f:
-        code = compile(f.read(), script, "exec")
-
-    def run(col: Collection) -> Any:
-        scope = dict(globals())
-        scope.update(col=col, args=params, result=None)
-        exec(code, scope)
-        return scope["result"]
-
-    return with_collection(args.path, run)
+    return with_collection(args.path, scenario(SCENARIOS, args, globals()))
 
 
 # ---------------------------------------------------------------- schema11-dump

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 
 class Failure(Exception):
@@ -80,3 +80,37 @@ def media_listing(folder: str) -> dict[str, str]:
             with open(full, "rb") as f:
                 listing[name] = hashlib.sha1(f.read()).hexdigest()
     return listing
+
+
+def object_sections(col: Any, rows_as_dicts: Callable[[Any, str], list]) -> dict[str, Any]:
+    """The parts of `dump` both library versions read the same way: the
+    library's JSON of decks, presets, notetypes and config, the tags, and
+    the raw rows of the object tables (`rows_as_dicts` is the driver's)."""
+    return {
+        "decks": sorted_by_id(col.decks.all()),
+        "deck_configs": sorted_by_id(col.decks.all_config()),
+        "notetypes": sorted_by_id(col.models.all()),
+        "config": col.all_config(),
+        "tags": sorted(col.tags.all()),
+        "tables": {name: rows_as_dicts(col, name) for name in TABLE_ORDER},
+    }
+
+
+def scenario(folder: str, args: Any, scope: dict[str, Any]) -> Callable[[Any], Any]:
+    """Compiles `folder`/NAME.py (`args.script`) and returns a function that
+    runs it on a collection: the script sees `scope` (the driver's globals),
+    `col` and `args` (the --arg KEY=VALUE pairs), and may set `result`."""
+    script = os.path.join(folder, args.script + ".py")
+    if not os.path.exists(script):
+        raise Failure(f"no scenario {args.script!r} in {folder}")
+    params = dict(pair.split("=", 1) for pair in args.arg)
+    with open(script, encoding="utf-8") as f:
+        code = compile(f.read(), script, "exec")
+
+    def run(col: Any) -> Any:
+        names = dict(scope)
+        names.update(col=col, args=params, result=None)
+        exec(code, names)
+        return names["result"]
+
+    return run

@@ -48,8 +48,9 @@ from driver_common import (
     fail,
     media_add,
     media_listing,
+    object_sections,
     plain,
-    sorted_by_id,
+    scenario,
     table_counts,
 )
 
@@ -211,12 +212,7 @@ def cmd_dump(args: argparse.Namespace) -> Any:
             "notes": select(col, "notes", NOTE_COLS),
             "cards": select(col, "cards", CARD_COLS),
             "revlog": select(col, "revlog", REVLOG_COLS),
-            "decks": sorted_by_id(col.decks.all()),
-            "deck_configs": sorted_by_id(col.decks.all_config()),
-            "notetypes": sorted_by_id(col.models.all()),
-            "config": col.all_config(),
-            "tags": sorted(col.tags.all()),
-            "tables": {name: rows_as_dicts(col, name) for name in TABLE_ORDER},
+            **object_sections(col, rows_as_dicts),
         }
 
     return with_collection(args.path, run)
@@ -238,20 +234,7 @@ def cmd_run(args: argparse.Namespace) -> Any:
     """Runs tests/client/legacy_scenarios/NAME.py against the collection
     (created if missing). The script sees `col`, `args` (the --arg KEY=VALUE
     pairs) and this module's globals, and may set `result`."""
-    script = os.path.join(SCENARIOS, args.script + ".py")
-    if not os.path.exists(script):
-        raise Failure(f"no scenario {args.script!r} in {SCENARIOS}")
-    params = dict(pair.split("=", 1) for pair in args.arg)
-    with open(script, encoding="utf-8") as f:
-        code = compile(f.read(), script, "exec")
-
-    def run(col: Collection) -> Any:
-        scope = dict(globals())
-        scope.update(col=col, args=params, result=None)
-        exec(code, scope)
-        return scope["result"]
-
-    return with_collection(args.path, run)
+    return with_collection(args.path, scenario(SCENARIOS, args, globals()))
 
 
 # ---------------------------------------------------------------- media
