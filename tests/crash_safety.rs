@@ -162,6 +162,18 @@ fn header(session: &str) -> String {
     format!(r#"{{"v":11,"k":"{HKEY}","c":"test,1,linux","s":"{session}"}}"#)
 }
 
+/// Where to cut an upload of `len` bytes and how many milliseconds later to
+/// kill: half the trials cut the body anywhere and kill within 5 ms; the
+/// other half send it whole and kill within `upload_ms` (while it is checked,
+/// renamed or answered).
+fn cut_and_delay(rng: &mut Rng, len: usize, upload_ms: u64) -> (usize, u64) {
+    if rng.below(2) == 0 {
+        (len, rng.below(upload_ms))
+    } else {
+        (rng.below(len as u64) as usize, rng.below(5))
+    }
+}
+
 /// Opens a connection and sends a request head and the first `cut` bytes of
 /// a chunked body (all of it, with the terminating chunk, if `cut` is past
 /// the end). The caller kills the server while this is in flight.
@@ -282,17 +294,8 @@ fn killed_during_full_upload_keeps_the_old_or_the_whole_new_collection() {
         let (body, _) = &files[next];
         // A cut anywhere in the body, or the whole body and a kill a few
         // milliseconds later (while it is checked, renamed or answered).
-        let whole = rng.below(2) == 0;
-        let cut = if whole {
-            body.len()
-        } else {
-            rng.below(body.len() as u64) as usize
-        };
-        let delay = if whole {
-            rng.below(upload_ms)
-        } else {
-            rng.below(5)
-        };
+        let (cut, delay) = cut_and_delay(&mut rng, body.len(), upload_ms);
+        let whole = cut == body.len();
         let stream = send_partial(s.port(), "/sync/upload", "up", body, cut);
         pause_ms(delay);
         s.kill();
@@ -692,17 +695,8 @@ fn media_upload_trials(strict: bool) {
         // Replace a few earlier files too.
         files[0].0 = format!("calibrate-{trial}.bin");
         let body = zstd(&media_zip(&files));
-        let whole = rng.below(2) == 0;
-        let cut = if whole {
-            body.len()
-        } else {
-            rng.below(body.len() as u64) as usize
-        };
-        let delay = if whole {
-            rng.below(upload_ms)
-        } else {
-            rng.below(5)
-        };
+        let (cut, delay) = cut_and_delay(&mut rng, body.len(), upload_ms);
+        let whole = cut == body.len();
         let stream = send_partial(s.port(), "/msync/uploadChanges", "m", &body, cut);
         pause_ms(delay);
         s.kill();
