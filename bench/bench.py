@@ -36,7 +36,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 try:
     import anki.buildinfo
@@ -297,6 +297,19 @@ class Bench:
             server.stop()
         self.servers.clear()
 
+    def repeated(self, tmp: Path, once: Callable[[Path], Any]) -> list[Any]:
+        """`once(folder)` `repeats` times, each in a fresh folder under `tmp`
+        and with every server it started stopped after it."""
+        results = []
+        for attempt in range(self.repeats):
+            attempt_dir = tmp / str(attempt)
+            attempt_dir.mkdir()
+            try:
+                results.append(once(attempt_dir))
+            finally:
+                self.stop_all()
+        return results
+
 
 class Watchdog:
     """Kills `server` if the block outlives `seconds`: the client's call then
@@ -502,16 +515,8 @@ def round_trip(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
         return up, down
 
     def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
-        ups, downs = [], []
-        for attempt in range(bench.repeats):
-            attempt_dir = tmp / str(attempt)
-            attempt_dir.mkdir()
-            try:
-                up, down = once(bench, kind, attempt_dir)
-            finally:
-                bench.stop_all()
-            ups.append(up)
-            downs.append(down)
+        pairs = bench.repeated(tmp, lambda folder: once(bench, kind, folder))
+        ups, downs = [up for up, _ in pairs], [down for _, down in pairs]
         rows: list[Row] = []
         for name, phase in (("full upload", summary(ups)), ("full download", summary(downs))):
             label = f"{name} {prepared.label}"
@@ -632,14 +637,7 @@ def incremental(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
         return [first_of_day, one_up, one_down, new_up, new_down]
 
     def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
-        runs = []
-        for attempt in range(bench.repeats):
-            attempt_dir = tmp / str(attempt)
-            attempt_dir.mkdir()
-            try:
-                runs.append(once(bench, kind, attempt_dir))
-            finally:
-                bench.stop_all()
+        runs = bench.repeated(tmp, lambda folder: once(bench, kind, folder))
         base = f"{prepared.notes // 1000}k"
         names = (f"first sync of a day, 1 edited note up (ours: + daily backup), {base} notes",
                  f"1 edited note up, {base} notes", f"1 edited note down, {base} notes",
@@ -732,14 +730,7 @@ def concurrent(prepared: Prepared) -> Callable[[Bench, str, Path], list[Row]]:
         return Phase(wall, cpu, peak)
 
     def run(bench: Bench, kind: str, tmp: Path) -> list[Row]:
-        phases = []
-        for attempt in range(bench.repeats):
-            attempt_dir = tmp / str(attempt)
-            attempt_dir.mkdir()
-            try:
-                phases.append(once(bench, kind, attempt_dir))
-            finally:
-                bench.stop_all()
+        phases = bench.repeated(tmp, lambda folder: once(bench, kind, folder))
         phase = summary(phases)
         label = (f"{CONCURRENT_USERS} users × {CONCURRENT_ROUNDS} rounds, "
                  f"{prepared.notes // 1000}k notes each")
@@ -862,16 +853,8 @@ def media(bench: Bench, kind: str, tmp: Path) -> list[Row]:
                              f"{sorted(missing | wrong)[:3]}")
         return up, down
 
-    ups, downs = [], []
-    for attempt in range(bench.repeats):
-        attempt_dir = tmp / str(attempt)
-        attempt_dir.mkdir()
-        try:
-            up, down = once(attempt_dir)
-        finally:
-            bench.stop_all()
-        ups.append(up)
-        downs.append(down)
+    pairs = bench.repeated(tmp, once)
+    ups, downs = [up for up, _ in pairs], [down for _, down in pairs]
     mb = sum(len(data) for _, data in files) / 10**6
     label = f"{len(files)} media files ({mb:.0f} MB)"
     return (phase_rows(f"{label} up", summary(ups))
