@@ -280,7 +280,7 @@ mod tests {
     }
 
     // `add` and `passwd` read a password and hash it (tested end to end in
-    // tests/users.rs); here: the commands that need none, and the checks
+    // tests/it/users.rs); here: the commands that need none, and the checks
     // made before any password is asked for.
     #[test]
     fn list_remove_and_refusals() {

@@ -3,7 +3,7 @@
 
 Anki 2.1.56 is the last release that speaks the legacy sync protocol (v10:
 multipart forms, gzip or raw bodies, `GET /msync/begin`). The integration
-tests in tests/legacy_sync.rs run this with the `anki2156` venv made by
+tests in tests/it/legacy_sync.rs run this with the `anki2156` venv made by
 tests/setup-venv.sh, next to tests/client/anki_client.py (the current client)
 on the same account. Every sync goes through 2.1.56's own Rust sync client,
 called the way its desktop app (aqt 2.1.56) calls it.
@@ -166,7 +166,7 @@ def cmd_full_download(args: argparse.Namespace) -> Any:
 # Nothing else is normalised here: the dump shows what 2.1.56 holds. What
 # legitimately differs from a 26.9 device holding the same collection
 # (observed against the official server; tolerated, exactly and only, by
-# tests/legacy_sync.rs `first_difference`):
+# tests/it/legacy_sync.rs `first_difference`):
 #   * keys 26.9 adds to the library JSON of objects a 2.1.56 device created,
 #     at their defaults: decks[].desiredRetention; notetypes[].flds[].id, tag,
 #     excludeFromSearch, preventDeletion; notetypes[].tmpls[].id; deck config

@@ -2,7 +2,7 @@
 """Real-client oracle for whole-collection schema conversion (GitHub issue 5).
 
 Runs under both the current library (anki 26.9.3) and the legacy one
-(anki 2.1.56), so it only uses APIs both have. tests/legacy_storage.rs
+(anki 2.1.56), so it only uses APIs both have. tests/it/legacy_storage.rs
 drives it; each subcommand prints one JSON value on stdout and exits 0, or
 prints {"error": ..., "message": ...} on the last stderr line and exits 1.
 

@@ -5,13 +5,11 @@
 //! Runs against our binary; `ANKI_SYNC_TEST_SERVER=official` runs the same
 //! tests against `python -m anki.syncserver` to check the tests themselves.
 
-mod support;
-
 use std::path::Path;
 use std::time::Instant;
 
+use crate::support::{Account, Server, client_ok};
 use serde_json::Value;
-use support::{Account, Server, client_ok};
 use tempfile::TempDir;
 
 const USERS: &[(&str, &str)] = &[("user", "pass"), ("other", "secret")];
@@ -202,7 +200,7 @@ fn addon_virtual_tables_survive_a_round_trip() {
     assert_eq!(user.sync(&b), "NO_CHANGES");
 
     // A legacy client gets the schema-11 copy, made with `VACUUM INTO`.
-    if server.kind() == support::ServerKind::Ours {
+    if server.kind() == crate::support::ServerKind::Ours {
         let c = dir.path().join("c.anki2");
         let legacy = user.run_legacy("full-download", Some(&c)).unwrap();
         assert_eq!(legacy["notes"], 205);

@@ -12,8 +12,6 @@
 //! `CRASH_TRIALS` times (default 2; `scripts/crash-trials` runs 20), with
 //! moments drawn from `CRASH_SEED` (default: the clock; printed on failure).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -22,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::data::sha1_hex;
+use crate::support::http::{Conn, HKEY, Reply, zstd};
+use crate::support::{Account, Server, client_ok};
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use support::data::sha1_hex;
-use support::http::{Conn, HKEY, Reply, zstd};
-use support::{Account, Server, client_ok};
 use tempfile::TempDir;
 
 const USER: (&str, &str) = ("user", "pass");

@@ -2,16 +2,14 @@
 //! gzip, plain answers), following the official server's captured answers,
 //! plus malformed and hostile forms.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::support::Server;
+use crate::support::http::{Conn, HKEY, Reply};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use support::Server;
-use support::http::{Conn, HKEY, Reply};
 
 const BOUNDARY: &str = "Anki-sync-boundary";
 

@@ -2,13 +2,11 @@
 //! undone by `backup restore`, normal syncs back up at most once a day, and
 //! `SYNC_BACKUPS` bounds (or turns off) what is kept.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::support::{Account, Server, client_ok, our_binary};
 use serde_json::Value;
-use support::{Account, Server, client_ok, our_binary};
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

@@ -9,8 +9,6 @@
 //! first (collection-sync.md §3.2, transport.md §6.3): the first session's
 //! next call gets 409 and nothing it applied is committed.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::dumps::first_difference;
+use crate::support::http::{Conn, HKEY, Reply, zstd};
+use crate::support::{Account, ClientError, Server, client_ok};
 use serde_json::{Value, json};
-use support::dumps::first_difference;
-use support::http::{Conn, HKEY, Reply, zstd};
-use support::{Account, ClientError, Server, client_ok};
 use tempfile::TempDir;
 
 const USERS: [(&str, &str); 5] = [

@@ -1,15 +1,13 @@
 //! Running the binary as an operator would: start-up errors, the health
 //! check, clean shutdown, and users not waiting on each other.
 
-mod support;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::Server;
-use support::http::{Conn, HKEY, call, sync_header};
+use crate::support::Server;
+use crate::support::http::{Conn, HKEY, call, sync_header};
 
 const BIN: &str = env!("CARGO_BIN_EXE_anki-sync-lite");
 
@@ -107,7 +105,7 @@ fn one_users_transfer_does_not_delay_another() {
         "POST /sync/upload HTTP/1.1\r\nHost: t\r\nanki-sync: {header}\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     .unwrap();
-    let part = support::http::zstd(&vec![1u8; 1 << 20]);
+    let part = crate::support::http::zstd(&vec![1u8; 1 << 20]);
     write!(slow, "{:x}\r\n", part.len() / 2).unwrap();
     slow.write_all(&part[..part.len() / 2]).unwrap();
     slow.flush().unwrap();
@@ -172,7 +170,7 @@ fn a_client_that_stops_reading_releases_its_lock() {
 
     // A download whose response is never read holds the user's lock...
     let mut stuck = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
-    let body = support::http::zstd(br#"{"_pad":null}"#);
+    let body = crate::support::http::zstd(br#"{"_pad":null}"#);
     let head = format!(
         "POST /sync/download HTTP/1.1\r\nHost: t\r\nanki-sync: {}\r\nContent-Length: {}\r\n\r\n",
         sync_header(HKEY),

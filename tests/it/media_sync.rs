@@ -3,17 +3,15 @@
 //! normalises and names with spaces and non-Latin letters; deletions travel
 //! both ways; 500 files (~50 MB) go up and come down intact.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::support::data::{noise, sha1_hex};
+use crate::support::http::{Conn, HKEY, sync_header, zstd};
+use crate::support::{Server, client_ok};
 use serde_json::{Value, json};
-use support::data::{noise, sha1_hex};
-use support::http::{Conn, HKEY, sync_header, zstd};
-use support::{Server, client_ok};
 
 const USER: &str = "user";
 const PASSWORD: &str = "pass";

@@ -6,9 +6,6 @@
 //! when `ANKI_SYNC_TEST_SERVER=official`, so every test doubles as a check of
 //! the test itself against the reference implementation.
 
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
-
 pub mod data;
 pub mod dumps;
 pub mod http;
@@ -120,6 +117,10 @@ pub struct Server {
     log_dir: TempDir,
     /// Serving HTTPS (`SYNC_TLS_CERT` given): endpoint and start-up check differ.
     tls: bool,
+    /// Environment for the client drivers that talk to this server (e.g.
+    /// `SSL_CERT_FILE` naming a test CA), so no test changes the environment
+    /// of the whole test process.
+    client_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -134,11 +135,7 @@ impl Server {
         Server::start_kind(ServerKind::Ours, users, extra_env)
     }
 
-    /// Starts the official `python -m anki.syncserver` from the test venv.
-    pub fn start_official(users: &[(&str, &str)], extra_env: &[(&str, &str)]) -> Server {
-        Server::start_kind(ServerKind::Official, users, extra_env)
-    }
-
+    /// Starts the given kind of server, retrying when another test took the port.
     pub fn start_kind(
         kind: ServerKind,
         users: &[(&str, &str)],
@@ -205,6 +202,7 @@ impl Server {
             base,
             log_dir,
             tls: extra_env.iter().any(|(k, _)| *k == "SYNC_TLS_CERT"),
+            client_env: Vec::new(),
         };
         server.wait_healthy()?;
         Ok(server)
@@ -247,6 +245,13 @@ impl Server {
 
     pub fn kind(&self) -> ServerKind {
         self.kind
+    }
+
+    /// Makes the clients of this server trust the certificate authority in
+    /// `ca` (a PEM file), through `SSL_CERT_FILE`.
+    pub fn trust_ca(&mut self, ca: &Path) {
+        let ca = ca.to_str().expect("utf-8 path").to_string();
+        self.client_env.push(("SSL_CERT_FILE".into(), ca));
     }
 
     /// Sends SIGTERM and waits (at most 20 s) for the server to exit.
@@ -375,13 +380,13 @@ impl fmt::Display for ClientError {
 /// Runs `tests/client/anki_client.py ARGS` with the venv python and returns
 /// the JSON it printed.
 pub fn client(args: &[&str]) -> Result<Value, ClientError> {
-    run_driver(ensure_venv(), "anki_client.py", args)
+    run_driver(ensure_venv(), "anki_client.py", args, &[])
 }
 
 /// Runs `tests/client/legacy_client.py ARGS` (Anki 2.1.56) with the legacy
 /// venv's python and returns the JSON it printed.
 pub fn legacy_client(args: &[&str]) -> Result<Value, ClientError> {
-    run_driver(ensure_legacy_venv(), "legacy_client.py", args)
+    run_driver(ensure_legacy_venv(), "legacy_client.py", args, &[])
 }
 
 /// Like `legacy_client`, but panics with the driver's stderr on failure.
@@ -389,11 +394,17 @@ pub fn legacy_client_ok(args: &[&str]) -> Value {
     legacy_client(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn run_driver(python: PathBuf, driver: &'static str, args: &[&str]) -> Result<Value, ClientError> {
+fn run_driver(
+    python: PathBuf,
+    driver: &'static str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<Value, ClientError> {
     let script = repo_root().join("tests/client").join(driver);
     let out = Command::new(python)
         .arg(&script)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         // Keep __pycache__ out of the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
@@ -435,12 +446,12 @@ impl Account<'_> {
     /// Runs `COMMAND --path PATH --endpoint .. --user .. --password ..`
     /// (`login` takes no path: pass `None`).
     pub fn run(&self, command: &str, path: Option<&Path>) -> Result<Value, ClientError> {
-        self.run_with(client, command, path)
+        self.run_with(ensure_venv(), "anki_client.py", command, path)
     }
 
     /// `run`, with the legacy client (`legacy_client.py`, Anki 2.1.56).
     pub fn run_legacy(&self, command: &str, path: Option<&Path>) -> Result<Value, ClientError> {
-        self.run_with(legacy_client, command, path)
+        self.run_with(ensure_legacy_venv(), "legacy_client.py", command, path)
     }
 
     /// `sync` with the legacy client.
@@ -453,7 +464,8 @@ impl Account<'_> {
 
     fn run_with(
         &self,
-        driver: fn(&[&str]) -> Result<Value, ClientError>,
+        python: PathBuf,
+        driver: &'static str,
         command: &str,
         path: Option<&Path>,
     ) -> Result<Value, ClientError> {
@@ -471,7 +483,7 @@ impl Account<'_> {
             "--password",
             self.password,
         ]);
-        driver(&args)
+        run_driver(python, driver, &args, &self.server.client_env)
     }
 
     /// `sync`, returning the `required` outcome (`NO_CHANGES`, `FULL_UPLOAD`, ...).

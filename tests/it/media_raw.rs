@@ -8,18 +8,16 @@
 //! of our stricter rules (all-or-nothing uploads, 400 instead of 500) use
 //! `Server::start_ours`.
 
-mod support;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::support::data::sha1_hex;
+use crate::support::http::{Conn, HKEY, Reply, call, sync_header, zstd};
+use crate::support::{Account, Server};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
 use serde_json::{Value, json};
-use support::data::sha1_hex;
-use support::http::{Conn, HKEY, Reply, call, sync_header, zstd};
-use support::{Account, Server};
 
 /// Opens a connection per request: the official server closes the
 /// connection after an error, so requests cannot share one.
@@ -616,11 +614,11 @@ fn refused_uploads_change_nothing_and_sync_works_afterwards() {
     fs::write(src.join("after.txt"), b"after the refusals").unwrap();
     let col = tmp.path().join("a.anki2");
     let col = col.to_str().unwrap();
-    support::client_ok(&["media-add", "--path", col, "--src", src.to_str().unwrap()]);
+    crate::support::client_ok(&["media-add", "--path", col, "--src", src.to_str().unwrap()]);
     account
         .run("media-sync", Some(Path::new(col)))
         .unwrap_or_else(|e| panic!("{e}"));
-    let listing = support::client_ok(&["media-list", "--path", col]);
+    let listing = crate::support::client_ok(&["media-list", "--path", col]);
     assert_eq!(
         listing,
         json!({"after.txt": sha1_hex(b"after the refusals"), "keep.txt": sha1_hex(b"keep")})

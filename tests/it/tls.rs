@@ -11,12 +11,10 @@
 
 #![cfg(feature = "tls")]
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use support::{Account, Server, client_ok};
+use crate::support::{Account, Server, client_ok};
 use tempfile::TempDir;
 
 fn openssl(dir: &Path, args: &[&str]) -> bool {
@@ -151,7 +149,7 @@ fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
 
     // Before trusting the test CA, the real client must refuse the server:
     // this is what proves that the trust below comes from SSL_CERT_FILE.
-    let only_1_2 = start("1.2");
+    let mut only_1_2 = start("1.2");
     assert!(only_1_2.endpoint().starts_with("https://"));
     let untrusted = Account {
         server: &only_1_2,
@@ -161,9 +159,7 @@ fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
     .run("login", None);
     assert!(untrusted.is_err(), "an untrusted certificate was accepted");
 
-    // SAFETY: this binary's only test; set before any client is started, and
-    // no other thread of this process reads the environment meanwhile.
-    unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
+    only_1_2.trust_ca(&ca);
 
     assert!(handshake(&only_1_2, &ca, "-tls1_2"), "TLS 1.2 refused");
     assert!(!handshake(&only_1_2, &ca, "-tls1_3"), "TLS 1.3 accepted");
@@ -197,7 +193,8 @@ fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
     drop(only_1_2);
 
     // The default offers both versions.
-    let both = start("1.2,1.3");
+    let mut both = start("1.2,1.3");
+    both.trust_ca(&ca);
     assert!(handshake(&both, &ca, "-tls1_2"), "TLS 1.2 refused");
     assert!(handshake(&both, &ca, "-tls1_3"), "TLS 1.3 refused");
     let user = Account {

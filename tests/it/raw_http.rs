@@ -1,12 +1,10 @@
 //! Raw-socket tests of the HTTP surface: routing, framing, limits, auth and
 //! refused uploads, asserting on the exact statuses and bodies a client sees.
 
-mod support;
-
 use std::io::Write;
 
-use support::Server;
-use support::http::{Conn, HKEY, call, sync_header, zstd};
+use crate::support::Server;
+use crate::support::http::{Conn, HKEY, call, sync_header, zstd};
 
 fn server() -> Server {
     Server::start_ours(&[("user", "pass")], &[])
@@ -248,7 +246,12 @@ fn uploads_over_the_limit_are_refused() {
 }
 
 /// A v11 request carrying session key `session`.
-fn call_in(conn: &mut Conn, method: &str, session: &str, payload: &[u8]) -> support::http::Reply {
+fn call_in(
+    conn: &mut Conn,
+    method: &str,
+    session: &str,
+    payload: &[u8],
+) -> crate::support::http::Reply {
     let header = format!(r#"{{"v":11,"k":"{HKEY}","c":"test,1,linux","s":"{session}"}}"#);
     conn.send(
         "POST",

@@ -4,15 +4,13 @@
 //! shutdown get a clean answer. Each test keeps the worker pool small so that
 //! a single pinned worker would show.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::Server;
-use support::http::{Conn, call, sync_header, zstd};
+use crate::support::Server;
+use crate::support::http::{Conn, call, sync_header, zstd};
 
 const LOGIN: &[u8] = br#"{"u":"user","p":"pass"}"#;
 

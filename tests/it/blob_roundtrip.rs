@@ -16,8 +16,6 @@
 //! (e) rows stored by our `store_*` into a copy of the file read back in the
 //!     library as the same JSON.
 
-mod support;
-
 use std::path::Path;
 
 use anki_sync_lite::storage::proto::deck_config::deck_config;
@@ -175,7 +173,7 @@ fn stored_deckconfig(item: &Value) -> DeckConfigRow {
 }
 
 fn dump(path: &Path) -> Value {
-    support::client_ok(&[
+    crate::support::client_ok(&[
         "schema11-dump",
         "--path",
         path.to_str().expect("utf-8 path"),

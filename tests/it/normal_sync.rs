@@ -2,14 +2,12 @@
 //! change things, sync through our server, and must end up holding exactly
 //! the same content.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::dumps::assert_same;
+use crate::support::{Account, Server, client_ok};
 use serde_json::Value;
-use support::dumps::assert_same;
-use support::{Account, Server, client_ok};
 
 struct Devices {
     _dir: tempfile::TempDir,

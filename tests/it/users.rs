@@ -6,15 +6,13 @@
 //!
 //! Our server only: the official one has none of this.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
+use crate::support::http::{Conn, call};
+use crate::support::{Account, Server, run_ours};
 use anki_sync_lite::auth::host_key;
 use serde_json::Value;
-use support::http::{Conn, call};
-use support::{Account, Server, run_ours};
 
 /// A cheap PHC string (1 000 rounds of PBKDF2-SHA512) for the password
 /// `pass`, for accounts written into the users file by hand.

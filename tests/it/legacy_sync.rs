@@ -7,16 +7,14 @@
 //! `ANKI_SYNC_TEST_SERVER=official` runs the same tests against
 //! `python -m anki.syncserver`, which is the oracle for every assertion here.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::support::data::{noise, sha1_hex};
+use crate::support::{Account, Server, client_ok, legacy_client_ok};
 use serde_json::{Value, json};
-use support::data::{noise, sha1_hex};
-use support::{Account, Server, client_ok, legacy_client_ok};
 
 const USER: &str = "user";
 const PASSWORD: &str = "pass";

@@ -10,20 +10,18 @@
 //! our server: no full sync, nothing to transfer, and new notes and media
 //! travel normally.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::http::{Conn, call};
+use crate::support::{Account, Server, client_ok, our_binary};
 use anki_sync_lite::storage;
 use rusqlite::{Connection, params};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
-use support::http::{Conn, call};
-use support::{Account, Server, client_ok, our_binary};
 
 const ALICE: (&str, &str) = ("alice", "alice-secret");
 const BOB: (&str, &str) = ("bob", "bob-secret");

@@ -7,8 +7,6 @@
 //! Needs permission to mount a tmpfs (root, or CAP_SYS_ADMIN); without it the
 //! tests say so and pass without checking anything.
 
-mod support;
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::http::{Conn, HKEY, call};
-use support::{Account, Server, client_ok};
+use crate::support::http::{Conn, HKEY, call};
+use crate::support::{Account, Server, client_ok};
 use tempfile::TempDir;
 
 const USER: (&str, &str) = ("user", "pass");

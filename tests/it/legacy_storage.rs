@@ -10,8 +10,6 @@
 //!   Anki 26.9 opens it with the same content as when it upgrades the
 //!   file itself.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,11 +42,11 @@ fn driver(python: &Path, command: &str, path: &Path) -> Value {
 }
 
 fn modern() -> PathBuf {
-    support::ensure_venv()
+    crate::support::ensure_venv()
 }
 
 fn legacy_client() -> PathBuf {
-    support::ensure_legacy_venv()
+    crate::support::ensure_legacy_venv()
 }
 
 /// A copy of `src` named `name` in `dir` (clients upgrade files they open,
@@ -116,7 +114,7 @@ fn deck_config_named<'a>(dump: &'a Value, name: &str) -> &'a Value {
 fn legacy_client_opens_our_schema11_copy_of_a_modern_collection() {
     let dir = TempDir::new().expect("temp dir");
     let made = dir.path().join("modern.anki2");
-    support::client_ok(&["make", "--path", made.to_str().unwrap(), "--notes", "60"]);
+    crate::support::client_ok(&["make", "--path", made.to_str().unwrap(), "--notes", "60"]);
     driver(&modern(), "enrich", &made);
     let made_bytes = fs::read(&made).expect("read");
 

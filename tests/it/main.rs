@@ -1,0 +1,27 @@
+//! The integration tests: one test binary (instead of one per file) that
+//! drives the real server binary over real sockets, with the real Anki
+//! clients from PyPI where a test says so. Each module is one subject;
+//! `support` is the shared harness (server start-up, client drivers, raw HTTP).
+//!
+//! `cargo test --test it MODULE::` runs one subject, e.g. `full_sync::`.
+
+mod support;
+
+mod backups;
+mod blob_roundtrip;
+mod crash_safety;
+mod disk_full;
+mod full_sync;
+mod hostile;
+mod import_ankisyncd;
+mod legacy_raw;
+mod legacy_storage;
+mod legacy_sync;
+mod load;
+mod media_raw;
+mod media_sync;
+mod normal_sync;
+mod operations;
+mod raw_http;
+mod tls;
+mod users;
