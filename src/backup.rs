@@ -349,10 +349,10 @@ pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<B
 }
 
 /// The folder of `user` under `base`, for the command line: the name must
-/// be a plain folder name and the folder must exist.
+/// follow the user-name rule and the folder must exist.
 pub fn user_dir(base: &Path, user: &str) -> Result<PathBuf, String> {
-    if user.is_empty() || user == "." || user == ".." || user.contains(['/', '\\', '\0']) {
-        return Err(format!("{user:?} is not a user name"));
+    if let Some(problem) = crate::config::user_name_problem(user) {
+        return Err(format!("{user:?} is not a user name: {problem}"));
     }
     let dir = base.join(user);
     if !dir.is_dir() {

@@ -235,9 +235,9 @@ fn read_users(
                 "{var} should be in 'username:password' format."
             )));
         };
-        if !is_folder_name(name) {
+        if let Some(problem) = user_name_problem(name) {
             return Err(err(format!(
-                "{var}: the user name {name:?} cannot be used as a folder name"
+                "{var}: the user name {name:?} cannot be used: {problem}"
             )));
         }
         if users.iter().any(|u| u.name == name) {
@@ -282,10 +282,39 @@ fn user_value(
     }
 }
 
-/// True for a user name that is safe as a folder name under `SYNC_BASE`.
-pub fn is_folder_name(name: &str) -> bool {
-    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']))
+/// Why `name` cannot be a user name, or `None` if it can. One rule for
+/// `SYNC_USERn`, the users file, `user add`, `backup` and the ankisyncd
+/// import: a name becomes a folder under `SYNC_BASE` next to the server's
+/// own files, and a line of `users.txt` that can move to `SYNC_USERn` as it is.
+pub fn user_name_problem(name: &str) -> Option<&'static str> {
+    // Case-insensitive file systems (macOS, exFAT on a NAS) fold `Users.txt`.
+    let lower = name.to_ascii_lowercase();
+    Some(if name.is_empty() {
+        "it is empty"
+    } else if name.contains(['/', '\\']) {
+        "it contains a path separator ('/' or '\\'), and it becomes a folder name"
+    } else if name.contains(':') {
+        "it contains ':', which separates the name from the password"
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character (a newline, a tab...)"
+    } else if name.starts_with('.') {
+        "it starts with '.' (folders such as `.spill` are the server's own)"
+    } else if name.starts_with('#') {
+        "it starts with '#', which makes a comment in the users file"
+    } else if lower.starts_with("users.txt") {
+        // `auth::users_file` keeps `users.txt`, `users.txt.lock`, `users.txt.tmp` there.
+        "it clashes with the users file and its lock and temporary files"
+    } else if name.trim() != name {
+        "it starts or ends with a space"
+    } else if name.len() > MAX_USER_NAME_BYTES {
+        "it is longer than a folder name may be (255 bytes)"
+    } else {
+        return None;
+    })
 }
+
+/// A folder name's limit on Linux file systems (`NAME_MAX`).
+const MAX_USER_NAME_BYTES: usize = 255;
 
 /// `SYNC_TLS_CERT` and `SYNC_TLS_KEY` (both or neither), `SYNC_TLS_VERSIONS`.
 fn read_tls(env: &HashMap<String, String>) -> Result<Option<TlsConfig>, ConfigError> {
@@ -410,6 +439,48 @@ mod tests {
         let e =
             Config::from_env(&env(&[("SYNC_USER1", "../x:p"), ("HOME", "/h")]), true).unwrap_err();
         assert!(e.0.contains("folder"), "{e}");
+    }
+
+    /// Issue 14, item 9: one rule for every user name, and a start-up
+    /// error that names the variable.
+    #[test]
+    fn sync_user_names_follow_the_user_add_rule() {
+        for name in [
+            ".spill",
+            ".",
+            "..",
+            "..x",
+            "users.txt",
+            "Users.TXT",
+            "users.txt.lock",
+            "a\nb",
+            "a\rb",
+            "tab\there",
+            "#alice",
+            " alice",
+            "alice ",
+            "a/b",
+            "a\\b",
+            "a\0b",
+        ] {
+            assert!(user_name_problem(name).is_some(), "{name:?} accepted");
+            let value = format!("{name}:secret");
+            let e = Config::from_env(
+                &env(&[
+                    ("SYNC_USER1", "ok:x"),
+                    ("SYNC_USER2", &value),
+                    ("HOME", "/h"),
+                ]),
+                true,
+            )
+            .unwrap_err();
+            assert!(e.0.starts_with("SYNC_USER2: the user name"), "{e}");
+        }
+        let long = "x".repeat(256);
+        assert!(user_name_problem(&long).is_some());
+        for name in ["alice", "Bob Smith", "émile", "a.b", "x#", &"x".repeat(255)] {
+            assert_eq!(user_name_problem(name), None, "{name:?} refused");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::password::Pbkdf2Hash;
-use crate::config::is_folder_name;
+use crate::config::user_name_problem;
 
 /// File name under `SYNC_BASE`.
 pub const FILE_NAME: &str = "users.txt";
@@ -39,30 +39,12 @@ pub fn path(base: &Path) -> PathBuf {
     base.join(FILE_NAME)
 }
 
-/// Checks a name for `user add`: the `SYNC_USERn` rules (it becomes a folder
-/// name), plus what a line-based file and the data folder need.
+/// Checks a name for `user add` (the rule every user name follows).
 pub fn check_name(name: &str) -> Result<(), String> {
-    if !is_folder_name(name) {
-        return Err(format!(
-            "the user name {name:?} cannot be used as a folder name"
-        ));
+    match user_name_problem(name) {
+        Some(problem) => Err(format!("the user name {name:?} cannot be used: {problem}")),
+        None => Ok(()),
     }
-    if name.contains(':') || name.chars().any(char::is_control) {
-        return Err(format!(
-            "the user name {name:?} may not contain ':' or control characters"
-        ));
-    }
-    if name.starts_with('.') || name.starts_with(FILE_NAME) {
-        return Err(format!(
-            "the user name {name:?} is reserved (it would clash with the server's own files)"
-        ));
-    }
-    if name.trim() != name {
-        return Err(format!(
-            "the user name {name:?} starts or ends with a space"
-        ));
-    }
-    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,10 +78,8 @@ impl UsersFile {
             let Some((name, phc)) = line.split_once(':') else {
                 return Err(format!("line {n}: expected name:$pbkdf2-sha256$..."));
             };
-            if !is_folder_name(name) {
-                return Err(format!(
-                    "line {n}: the user name {name:?} cannot be used as a folder name"
-                ));
+            if let Err(e) = check_name(name) {
+                return Err(format!("line {n}: {e}"));
             }
             if names.contains(&name) {
                 return Err(format!("line {n}: user {name:?} is listed twice"));

@@ -175,17 +175,12 @@ fn say(out: &mut dyn Write, line: String) -> Result<(), String> {
     writeln!(out, "{line}").map_err(|e| format!("writing the report: {e}"))
 }
 
-/// The names `SYNC_USERn` can hold and that are one folder name.
+/// The rule every user name follows (`config::user_name_problem`).
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err("this user name cannot be a folder name".into());
+    match crate::config::user_name_problem(name) {
+        Some(problem) => Err(format!("this user name cannot be used: {problem}")),
+        None => Ok(()),
     }
-    if name.contains(':') {
-        return Err(
-            "the user name contains ':', which SYNC_USERn (name:password) cannot express".into(),
-        );
-    }
-    Ok(())
 }
 
 fn import_user(

@@ -197,3 +197,48 @@ fn sync_user_file_and_hash_work_with_passwords_hashed() {
     assert_eq!(key, host_key("dave", &phc));
     assert_eq!(meta_status(&server, &key), 200);
 }
+
+/// Issue 14, item 9: a `SYNC_USERn` name gets the same rule as `user add`.
+/// Before, `users.txt`, `.spill` and a name with a newline were accepted and
+/// became folders; now start-up stops with a message naming the variable.
+#[test]
+fn sync_user_names_that_user_add_refuses_stop_the_start_up() {
+    for name in [".spill", "users.txt", "line\nbreak", "#comment"] {
+        let base = tempfile::tempdir().unwrap();
+        let value = format!("{name}:secret");
+        let mut child = std::process::Command::new(crate::support::our_binary())
+            .env_clear()
+            .envs([
+                ("SYNC_USER1", "alice:pw"),
+                ("SYNC_USER2", value.as_str()),
+                ("SYNC_BASE", base.path().to_str().unwrap()),
+                ("SYNC_HOST", "127.0.0.1"),
+                ("SYNC_PORT", "0"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server started with SYNC_USER2={value:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{name:?}: {stderr}");
+        assert!(
+            stderr.contains("SYNC_USER2: the user name"),
+            "{name:?}: {stderr}"
+        );
+        // Nothing was created for either user.
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0, "{name:?}");
+    }
+}
