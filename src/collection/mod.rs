@@ -9,6 +9,7 @@ pub mod meta;
 pub mod notetext;
 pub mod sanity;
 pub mod state;
+pub mod unbury;
 
 use std::fmt;
 

@@ -30,6 +30,7 @@ use crate::collection::graves::{self, ApplyGravesRequest, StartRequest};
 use crate::collection::meta::{self, MetaContext, MetaRequest};
 use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::state;
+use crate::collection::unbury;
 use crate::config::Config;
 use crate::user::{UserSlot, UserStore, now_millis};
 
@@ -342,6 +343,7 @@ impl Service {
                 backup::daily(&mut user);
                 state::begin(&mut user, &header.session, req.min_usn, req.lnewer)?;
                 let answer = state::step(&mut user, &header.session, |col, st| {
+                    unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
                     // Ours first: the client's legacy graves must not echo back.
                     let ours = graves::since(col, st.client_usn)?;
                     st.sent += ours.len();

@@ -250,3 +250,74 @@ fn one_note_change_on_a_50000_note_collection() {
         assert_eq!(counts["notes"], 50_000);
     });
 }
+
+/// Issue 13, conformance point 3: at `start`, once the scheduler's day has
+/// rolled over, the server unburies its copy's buried cards without marking
+/// them modified, as the official server does, so a later full download
+/// does not deliver cards that are still buried.
+#[test]
+fn start_unburies_the_server_copy_once_the_day_rolled_over() {
+    let server = Server::start(&[("user", "pass")], &[]);
+    let account = Account {
+        server: &server,
+        user: "user",
+        password: "pass",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, c) = (dir.path().join("a.anki2"), dir.path().join("c.anki2"));
+    client_ok(&["make", "--path", path_str(&a), "--notes", "20"]);
+    // Buried "yesterday": the client has not unburied them yet (it would the
+    // next time its scheduler runs), and uploads them buried.
+    let buried = run(&a, "bury_yesterday", &[]);
+    let ids: Vec<String> = buried["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "a new, a learning and a review card: {buried}"
+    );
+    let ids_arg = format!("ids={}", ids.join(","));
+    assert_eq!(account.sync(&a), "FULL_UPLOAD");
+    account.run("full-upload", Some(&a)).unwrap();
+    let uploaded = run(&a, "card_queues", &[&ids_arg]);
+    for id in &ids {
+        let queue = uploaded["cards"][id][1].as_i64().unwrap();
+        assert!(
+            queue == -2 || queue == -3,
+            "card {id} not buried: {uploaded}"
+        );
+    }
+
+    // A change on A, so its next sync is a normal one and calls `start`.
+    client_ok(&["add-notes", "--path", path_str(&a), "--notes", "1"]);
+    // (A's client unburies its own copy meanwhile, without marking the
+    // cards modified, so it sends nothing for them: only the server's own
+    // unbury can change the server copy.)
+    assert_eq!(account.sync(&a), "NO_CHANGES");
+
+    assert_eq!(account.sync(&c), "FULL_DOWNLOAD");
+    account.run("full-download", Some(&c)).unwrap();
+    let downloaded = run(&c, "card_queues", &[&ids_arg]);
+    for id in &ids {
+        let before = uploaded["cards"][id].as_array().unwrap();
+        let after = downloaded["cards"][id].as_array().unwrap();
+        let (ctype, due) = (before[0].as_i64().unwrap(), before[2].as_i64().unwrap());
+        let queue = match ctype {
+            0 => 0,
+            2 => 2,
+            _ if due > 1_000_000_000 => 1,
+            _ => 3,
+        };
+        assert_eq!(after[1].as_i64(), Some(queue), "card {id}: {downloaded}");
+        // Same type, due, mod and usn: not marked modified.
+        assert_eq!(
+            (&after[0], &after[2], &after[3], &after[4]),
+            (&before[0], &before[2], &before[3], &before[4]),
+            "card {id}"
+        );
+    }
+}
