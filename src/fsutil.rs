@@ -1,13 +1,54 @@
 //! Small file-system steps that every writer of user data needs the same
-//! way: making a rename durable, naming SQLite's side files, and clearing
-//! the temporary files a crash left behind. One place, so the durability
-//! rules cannot drift apart between collection, media, backups and users.
+//! way: keeping it private, making a rename durable, naming SQLite's side
+//! files, and clearing the temporary files a crash left behind. One place,
+//! so the rules cannot drift apart between collection, media, backups and users.
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
+
+/// Makes everything this process creates private to its user: folders
+/// 0700, files 0600, whatever mask it was started with (a umask of 022
+/// would make collections and media readable by every local account).
+/// Process-wide and inherited by nothing that matters (we start no
+/// programs), so it covers SQLite's own files (`-wal`, `-shm`, journals, a
+/// new database) and every temporary file without a mode at each call site.
+/// Call it first thing in `main`, before any file is created.
+pub fn private_file_modes() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// Takes group and other permissions away from a data folder made by an
+/// older version (under the caller's umask, often 0755): with the folder
+/// private, the files in it are too, whatever their own modes, so existing
+/// collections, backups and media files need no change one by one.
+/// Logs what it changed; a folder we may not change is only warned about.
+pub fn make_private_dir(dir: &Path) {
+    let Ok(meta) = fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let private = mode & 0o700;
+    match fs::set_permissions(dir, fs::Permissions::from_mode(private)) {
+        Ok(()) => info!(
+            "made {} private to this user ({:o} -> {:o})",
+            dir.display(),
+            mode,
+            private
+        ),
+        Err(e) => warn!(
+            "{} can be read by other local users ({:o}) and cannot be changed: {e}",
+            dir.display(),
+            mode
+        ),
+    }
+}
 
 /// Makes the entries of `dir` durable (after a rename or an unlink into it).
 #[cfg(unix)]
@@ -65,6 +106,20 @@ mod tests {
             sidecar(Path::new("/a/collection.anki2"), "-wal"),
             PathBuf::from("/a/collection.anki2-wal")
         );
+    }
+
+    #[test]
+    fn folders_lose_group_and_other_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("alice");
+        fs::create_dir(&old).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+        make_private_dir(&old);
+        let mode = fs::metadata(&old).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        // A folder already private, or missing, is left alone.
+        make_private_dir(&old);
+        make_private_dir(&dir.path().join("missing"));
     }
 
     #[test]

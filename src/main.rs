@@ -20,6 +20,8 @@ use anki_sync_lite::migrate;
 use anki_sync_lite::user::{UserStore, now_millis};
 
 fn main() -> ExitCode {
+    // Before any command creates a file: user data is private.
+    anki_sync_lite::fsutil::private_file_modes();
     let mut env: HashMap<String, String> = std::env::vars().collect();
     let command = match cli::parse(std::env::args().skip(1), &mut env) {
         Ok(c) => c,

@@ -232,11 +232,15 @@ impl UserStore {
     }
 }
 
-/// Creates the user's folder (and `media/`), removes temporary files a crash
-/// left behind, and opens the media store.
+/// Creates the user's folder (and `media/`), makes folders an older version
+/// left readable to others private, removes temporary files a crash left
+/// behind, and opens the media store.
 fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
     let dir = base.join(name);
     fs::create_dir_all(dir.join("media"))?;
+    for folder in [dir.clone(), dir.join("media"), dir.join(crate::backup::DIR)] {
+        crate::fsutil::make_private_dir(&folder);
+    }
     crate::fsutil::remove_leftover_temp_files(&dir, |name| {
         name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX)
     });

@@ -22,6 +22,7 @@ mod media_raw;
 mod media_sync;
 mod normal_sync;
 mod operations;
+mod permissions;
 mod raw_http;
 mod tls;
 mod users;

@@ -135,15 +135,34 @@ impl Server {
         Server::start_kind(ServerKind::Ours, users, extra_env)
     }
 
+    /// Starts our binary under the file-mode creation mask `umask` (e.g.
+    /// `0o000`, the most permissive), through `sh -c 'umask ...; exec ...'`.
+    pub fn start_ours_with_umask(
+        users: &[(&str, &str)],
+        extra_env: &[(&str, &str)],
+        umask: u32,
+    ) -> Server {
+        Server::start_with(ServerKind::Ours, users, extra_env, Some(umask))
+    }
+
     /// Starts the given kind of server, retrying when another test took the port.
     pub fn start_kind(
         kind: ServerKind,
         users: &[(&str, &str)],
         extra_env: &[(&str, &str)],
     ) -> Server {
+        Server::start_with(kind, users, extra_env, None)
+    }
+
+    fn start_with(
+        kind: ServerKind,
+        users: &[(&str, &str)],
+        extra_env: &[(&str, &str)],
+        umask: Option<u32>,
+    ) -> Server {
         let mut clashes = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Server::try_start(kind, users, extra_env) {
+            match Server::try_start(kind, users, extra_env, umask) {
                 Ok(server) => return server,
                 Err(StartError::PortTaken(log)) => clashes.push(log),
                 Err(StartError::Failed(why)) => panic!("{kind:?} server did not start: {why}"),
@@ -159,14 +178,22 @@ impl Server {
         kind: ServerKind,
         users: &[(&str, &str)],
         extra_env: &[(&str, &str)],
+        umask: Option<u32>,
     ) -> Result<Server, StartError> {
         let port = free_port();
         let base = TempDir::new().expect("temp SYNC_BASE");
         let log_dir = TempDir::new().expect("temp log dir");
         let log = File::create(log_dir.path().join("server.log")).expect("server log");
-        let mut cmd = match kind {
-            ServerKind::Ours => Command::new(our_binary()),
-            ServerKind::Official => {
+        let mut cmd = match (kind, umask) {
+            (ServerKind::Ours, None) => Command::new(our_binary()),
+            (ServerKind::Ours, Some(mask)) => {
+                // `exec` keeps the process id: the server is still our child.
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", &format!("umask {mask:03o} && exec \"$0\"")])
+                    .arg(our_binary());
+                cmd
+            }
+            (ServerKind::Official, _) => {
                 let mut cmd = Command::new(ensure_venv());
                 cmd.args(["-m", "anki.syncserver"]);
                 cmd
