@@ -3,12 +3,12 @@
 so several users really sync at once, each through its own Anki library.
 
 The user's two devices (collections already synced with the server) are
-opened once; then every round picks device A or B in turn, edits a few notes,
-adds one, and runs a normal sync. From the second round on, the sync must also
-bring down what the other device did in the round before, so each sync moves
-changes both ways and a server that drops them fails here. Prints one JSON
-object ({"synced": N, "markers": {nid: first field}}) and exits 0; on failure
-prints the reason on stderr and exits 1.
+opened and logged in first; then the worker prints "ready" and waits for a
+line on stdin, so every user starts at the same moment and no process
+start-up is timed. Each round device A adds notes and edits a few, A runs a
+normal sync, then B does, and B must then hold what A did. Prints one JSON
+object ({"synced": N, "markers": {nid: first field}}) and exits 0; on
+failure prints the reason on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -26,6 +26,49 @@ NORMAL_OUTCOMES = (
 )
 
 
+def change_round(col: Collection, nids: list[int], rnd: int, label: str, adds: int,
+                 edits: int) -> dict[int, str]:
+    """Round `rnd` on device A: edits `edits` of `nids` (the first field) and
+    adds `adds` Basic notes; returns {note id: first field} of what changed.
+    bench.py's one-user rounds use it too."""
+    changed = {}
+    for k in range(edits):
+        nid = nids[(rnd * edits + k) % len(nids)]
+        note = col.get_note(nid)
+        note.fields[0] = f"{label} round {rnd} edit {k}"
+        col.update_note(note)
+        changed[nid] = note.fields[0]
+    basic = col.models.by_name("Basic")
+    deck = col.decks.id("Default")
+    for k in range(adds):
+        note = col.new_note(basic)
+        note["Front"] = f"{label} added in round {rnd} ({k})"
+        note["Back"] = "bench"
+        col.add_note(note, deck)
+        changed[note.id] = note["Front"]
+    return changed
+
+
+def differences(col: Collection, changed: dict[int, str]) -> dict[int, str]:
+    """{note id: first field found} where `col` lacks what `changed` says."""
+    wrong = {}
+    for nid, text in changed.items():
+        try:
+            got = col.get_note(nid).fields[0]
+        except Exception:  # the library raises NotFoundError for a missing note
+            got = "<missing>"
+        if got != text:
+            wrong[nid] = got
+    return wrong
+
+
+def sync(col: Collection, auth, what: str) -> None:
+    out = col.sync_collection(auth, sync_media=False)
+    if out.required not in NORMAL_OUTCOMES:
+        name = SyncCollectionResponse.ChangesRequired.Name(out.required)
+        raise SystemExit(f"{what}: sync answered {name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", required=True)
@@ -33,50 +76,31 @@ def main() -> int:
     parser.add_argument("--password", required=True)
     parser.add_argument("--device", action="append", required=True, help="A, then B")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--edits", type=int, default=3, help="notes edited per round")
+    parser.add_argument("--adds", type=int, default=20, help="notes A adds per round")
+    parser.add_argument("--edits", type=int, default=5, help="notes A edits per round")
     args = parser.parse_args()
 
-    cols = [Collection(path) for path in args.device]
+    a, b = (Collection(path) for path in args.device)
     try:
-        auth = cols[0].sync_login(args.user, args.password, args.endpoint)
-        nids = sorted(cols[0].find_notes(""))
-        basic = [col.models.by_name("Basic") for col in cols]
-        markers: dict[int, str] = {}  # nid -> the first field it was last given
-        previous: dict[int, str] = {}  # what the other device did last round
+        auth_a = a.sync_login(args.user, args.password, args.endpoint)
+        auth_b = b.sync_login(args.user, args.password, args.endpoint)
+        nids = sorted(a.find_notes(""))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        markers: dict[int, str] = {}  # nid -> the first field A last gave it
         for rnd in range(args.rounds):
-            device = rnd % 2
-            col = cols[device]
-            edited = {}
-            for k in range(args.edits):
-                nid = nids[(rnd * args.edits + k) % len(nids)]
-                note = col.get_note(nid)
-                note.fields[0] = f"{args.user} round {rnd} edit {k}"
-                col.update_note(note)
-                edited[nid] = note.fields[0]
-            note = col.new_note(basic[device])
-            note["Front"] = f"{args.user} added in round {rnd}"
-            note["Back"] = "bench"
-            col.add_note(note, col.decks.id("Default"))
-            edited[note.id] = note["Front"]
-
-            out = col.sync_collection(auth, sync_media=False)
-            if out.required not in NORMAL_OUTCOMES:
-                name = SyncCollectionResponse.ChangesRequired.Name(out.required)
-                raise SystemExit(f"{args.user} round {rnd}: sync answered {name}")
-            for nid, text in previous.items():
-                got = col.get_note(nid).fields[0]
-                if got != text:
-                    raise SystemExit(
-                        f"{args.user} round {rnd}: note {nid} has {got!r}, "
-                        f"the other device wrote {text!r}"
-                    )
-            markers.update(edited)
-            previous = edited
+            changed = change_round(a, nids, rnd, args.user, args.adds, args.edits)
+            sync(a, auth_a, f"{args.user} round {rnd}, device A")
+            sync(b, auth_b, f"{args.user} round {rnd}, device B")
+            wrong = differences(b, changed)
+            if wrong:
+                raise SystemExit(f"{args.user} round {rnd}: B lacks A's changes: {wrong}")
+            markers.update(changed)
     finally:
-        for col in cols:
-            col.close()
-    json.dump({"synced": args.rounds, "markers": {str(k): v for k, v in markers.items()}},
-              sys.stdout)
+        a.close()
+        b.close()
+    json.dump({"synced": 2 * args.rounds,
+               "markers": {str(k): v for k, v in markers.items()}}, sys.stdout)
     return 0
 
 
