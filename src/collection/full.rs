@@ -114,17 +114,23 @@ pub fn validate(temp: &TempFile) -> Result<(), String> {
         return Err("not a SQLite file".into());
     }
     let conn = storage::open(temp.path()).map_err(|e| format!("cannot open: {e}"))?;
-    let result = check_collection(&conn);
+    let result = check_collection(&conn, temp.path());
     if let Err((_, e)) = conn.close() {
         warn!("closing checked upload: {e}");
     }
     result
 }
 
-fn check_collection(conn: &Connection) -> Result<(), String> {
-    // The file came from the network: never run functions its schema names.
-    conn.pragma_update(None, "trusted_schema", false)
-        .map_err(|e| format!("pragma: {e}"))?;
+fn check_collection(conn: &Connection, path: &Path) -> Result<(), String> {
+    // Before the integrity check, which would evaluate index expressions.
+    let removed = storage::sanitize::sanitize_upload(conn)?;
+    if !removed.is_empty() {
+        warn!(
+            "upload {}: removed what Anki does not create and could run code: {}",
+            path.display(),
+            removed.join(", ")
+        );
+    }
     let integrity: String = conn
         .query_row("pragma integrity_check", [], |r| r.get(0))
         .map_err(|e| format!("integrity check failed to run: {e}"))?;

@@ -110,20 +110,61 @@ pub fn run(
     // the requests in progress have finished.
     server.drain();
     drop(tx);
-    while handles.iter().any(|h| !h.is_finished()) {
+    let all_finished = wait_for_workers(&handles, &mut server);
+    if all_finished {
+        for handle in handles {
+            if handle.join().is_err() {
+                error!("a worker thread panicked during shutdown");
+            }
+        }
+        service.store.close_all();
+    } else {
+        // Whatever those requests were doing is safe to drop: uploads are
+        // renamed into place only when complete, and an unfinished sync
+        // transaction rolls back. Close what no request holds.
+        service.store.close_idle(Duration::ZERO);
+    }
+    drop(server);
+    info!("stopped");
+    Ok(())
+}
+
+/// How long requests in progress may take to finish after a shutdown
+/// signal, and then how long after their database statements were
+/// interrupted. Together well under the 10 s a container runtime waits
+/// before it kills (`docker stop`), so shutdown is always a clean one.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// Waits for the workers to finish their requests, answering requests that
+/// still arrive with 503. After [`SHUTDOWN_GRACE`], running database
+/// statements are interrupted (a huge integrity check, a statement stuck in
+/// a loop); after [`AFTER_INTERRUPT`] more, workers still busy (sending to
+/// or reading from a slow client) are left behind. True if all finished.
+fn wait_for_workers(handles: &[thread::JoinHandle<()>], server: &mut tiny_http::Server) -> bool {
+    let started = Instant::now();
+    let mut interrupted = false;
+    loop {
+        let busy = handles.iter().filter(|h| !h.is_finished()).count();
+        if busy == 0 {
+            return true;
+        }
+        if !interrupted && started.elapsed() >= SHUTDOWN_GRACE {
+            let open = crate::storage::harden::interrupt_all();
+            warn!(
+                "{busy} request(s) still running after {SHUTDOWN_GRACE:?}: \
+                 interrupting the database statements of {open} open database(s)"
+            );
+            interrupted = true;
+        }
+        if started.elapsed() >= SHUTDOWN_GRACE + AFTER_INTERRUPT {
+            warn!("stopping without {busy} request(s) still in progress");
+            return false;
+        }
         if let Ok(Some(request)) = server.recv_timeout(TICK) {
             refuse(request);
         }
     }
-    for handle in handles {
-        if handle.join().is_err() {
-            error!("a worker thread panicked during shutdown");
-        }
-    }
-    service.store.close_all();
-    drop(server);
-    info!("stopped");
-    Ok(())
 }
 
 /// The answer to a request that arrives during shutdown.

@@ -77,6 +77,7 @@ pub struct Meta {
 /// Opens (creating or upgrading) a user's media database.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
+    crate::storage::harden::harden_file(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "wal")?;
     // Page cache per user, kept small: one connection stays open per user.
     conn.pragma_update(None, "cache_size", -512)?;

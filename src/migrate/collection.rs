@@ -32,9 +32,15 @@ pub struct Prepared {
 /// self-contained, synced file (journal mode DELETE, no `-wal`).
 pub fn prepare(path: &Path) -> Result<Prepared, String> {
     let conn = storage::open(path).map_err(|e| format!("not a readable SQLite database: {e}"))?;
-    // The file is not ours: never run functions its schema might name.
-    conn.pragma_update(None, "trusted_schema", false)
-        .map_err(|e| e.to_string())?;
+    // The file came from ankisyncd's users: what an upload may not hold goes.
+    let removed = storage::sanitize::sanitize_upload(&conn)?;
+    if !removed.is_empty() {
+        log::warn!(
+            "{}: removed what Anki does not create and could run code: {}",
+            path.display(),
+            removed.join(", ")
+        );
+    }
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(|e| format!("not a readable SQLite database: {e}"))?;

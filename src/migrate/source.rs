@@ -156,10 +156,12 @@ impl Source {
 /// `auth.db` and `session.db`, which ankisyncd keeps in rollback-journal
 /// mode and only touches on logins.
 fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    )?;
+    crate::storage::harden::harden_file(&conn, path)?;
+    Ok(conn)
 }
 
 fn auth_users(path: &Path) -> rusqlite::Result<BTreeSet<String>> {
@@ -195,6 +197,7 @@ pub fn copy_database(src: &Path, dest: &Path) -> io::Result<()> {
 /// accepted too; NULL or empty means deleted.
 pub fn old_media_rows(copy: &Path) -> Result<Vec<OldMedia>, String> {
     let conn = Connection::open(copy).map_err(|e| e.to_string())?;
+    crate::storage::harden::harden_file(&conn, copy).map_err(|e| e.to_string())?;
     let mut stmt = conn
         .prepare("SELECT fname, usn, csum FROM media ORDER BY usn, fname")
         .map_err(|e| format!("not an ankisyncd media database: {e}"))?;

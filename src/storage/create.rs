@@ -73,6 +73,7 @@ fn build(tmp: &Path, now_ms: i64) -> rusqlite::Result<()> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(tmp, flags)?;
+    super::harden::harden_file(&conn, tmp)?;
     register_unicase(&conn)?;
     // page_size only takes effect before the first table exists; WAL is
     // what Anki leaves in the header of the files it creates.

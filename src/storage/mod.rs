@@ -3,8 +3,10 @@
 //! blobs it stores, and a brand-new collection for a first-time user.
 
 mod create;
+pub mod harden;
 pub mod legacy;
 pub mod proto;
+pub mod sanitize;
 pub mod schema;
 pub mod schema11;
 mod stock;
@@ -23,7 +25,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// purpose: the server runs on 512 MiB routers with one connection per user.
 const CACHE_SIZE_KIB: i64 = 2048;
 
-/// Open an existing collection file: registers `unicase`, sets pragmas.
+/// Open an existing collection file: hardened (`harden`: no code from the
+/// file runs, statements have a time budget), `unicase` registered, pragmas set.
 ///
 /// Never creates the file (a missing collection is an error, so a typo in
 /// a path cannot silently produce an empty collection); use
@@ -34,6 +37,7 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
+    harden::harden_file(&conn, path)?;
     register_unicase(&conn)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)?;

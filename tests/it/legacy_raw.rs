@@ -13,14 +13,14 @@ use flate2::write::GzEncoder;
 
 const BOUNDARY: &str = "Anki-sync-boundary";
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
 }
 
 /// A multipart form with text fields and an optional `data` file part.
-fn form(fields: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn form(fields: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, value) in fields {
         write!(
@@ -42,7 +42,7 @@ fn form(fields: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
     body
 }
 
-fn post(conn: &mut Conn, path: &str, body: &[u8]) -> Reply {
+pub(crate) fn post(conn: &mut Conn, path: &str, body: &[u8]) -> Reply {
     let ct = format!("multipart/form-data; boundary={BOUNDARY}");
     conn.send("POST", path, &[("Content-Type", &ct)], body)
 }

@@ -25,4 +25,5 @@ mod operations;
 mod permissions;
 mod raw_http;
 mod tls;
+mod uploaded_code;
 mod users;
