@@ -8,6 +8,7 @@
 pub mod live;
 pub mod manage;
 pub mod password;
+pub mod throttle;
 pub mod users_file;
 
 use std::fmt;
