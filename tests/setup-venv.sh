@@ -25,8 +25,26 @@ die() {
     exit 1
 }
 
+# debian_packages PKG...: installs the Debian packages that are missing (the
+# power-cut simulator builds pyfuse3 against libfuse3 and mounts with FUSE).
+debian_packages() {
+    local missing=()
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    echo "setup-venv: installing ${missing[*]}" >&2
+    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+    # Another process may hold the dpkg lock for a while.
+    apt-get -o DPkg::Lock::Timeout=900 update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${missing[@]}" >&2 ||
+        die "apt-get install ${missing[*]} failed"
+}
+
 # make_venv NAME PIP_SPECS...: build venv NAME with PIP_SPECS unless its marker
-# already records exactly these specs.
+# already records exactly these specs. $check names the module that must
+# import afterwards (default: the anki library).
 make_venv() {
     local name="$1"
     shift
@@ -41,8 +59,8 @@ make_venv() {
     "$python" -m venv "$dir" >&2 || die "'$python -m venv $dir' failed (is python3-venv installed?)"
     "$dir/bin/python" -m pip install --quiet "$@" >&2 ||
         die "pip install $want into $dir failed (network or PyPI unavailable?)"
-    "$dir/bin/python" -c 'import anki.collection' >&2 ||
-        die "the anki library in $dir does not import"
+    "$dir/bin/python" -c "import ${check:-anki.collection}" >&2 ||
+        die "${check:-anki.collection} in $dir does not import"
     printf '%s' "$want" >"$marker"
     echo "setup-venv: $name ready" >&2
 }
@@ -59,6 +77,11 @@ venv() {
 setup_all() {
     venv anki26 'anki==26.9.3'
     venv anki2156 'anki==2.1.56' 'protobuf>=4.21,<5'
+    # The power-cut simulator (tests/powercut/powercutfs.py).
+    if [[ "$wanted" == powercut || "$wanted" == all ]]; then
+        debian_packages fuse3 libfuse3-dev pkg-config
+    fi
+    check=pyfuse3 venv powercut 'pyfuse3==3.5.0' 'trio==0.35.0'
 }
 
 wanted="${1:-anki26}"

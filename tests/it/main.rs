@@ -23,6 +23,7 @@ mod media_sync;
 mod normal_sync;
 mod operations;
 mod permissions;
+mod powercut;
 mod raw_http;
 mod tls;
 mod uploaded_code;

@@ -58,6 +58,13 @@ pub fn ensure_legacy_venv() -> PathBuf {
     PYTHON.get_or_init(|| setup_venv("anki2156")).clone()
 }
 
+/// The `powercut` venv (pyfuse3 and trio, for the power-cut simulator in
+/// `tests/powercut/`); the set-up also installs FUSE if it is missing.
+pub fn ensure_powercut_venv() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| setup_venv("powercut")).clone()
+}
+
 /// Runs `tests/setup-venv.sh NAME` and returns the python it printed.
 fn setup_venv(name: &str) -> PathBuf {
     let script = repo_root().join("tests/setup-venv.sh");
