@@ -35,7 +35,7 @@ const FIRST_SPACING: Duration = Duration::from_secs(1);
 /// ...up to this.
 pub const MAX_SPACING: Duration = Duration::from_secs(60);
 /// The longest an attempt is made to wait for its slot; beyond it, 429.
-pub const MAX_WAIT: Duration = Duration::from_secs(10);
+pub const MAX_WAIT: Duration = Duration::from_secs(8);
 /// A record with no failure for this long is forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Addresses tracked at most (about 100 bytes each).
@@ -185,12 +185,12 @@ mod tests {
         // many connections they come on.
         assert_eq!(t.attempt(a, now), Verdict::Check);
         assert_eq!(t.outcome(a, false, now), FREE_FAILURES + 1);
-        for wait in [1, 3, 5, 7, 9] {
+        for wait in [1, 3, 5, 7] {
             let wait = Duration::from_secs(wait);
             assert_eq!(t.attempt(a, now), Verdict::WaitThenCheck(wait));
         }
         // Beyond MAX_WAIT: refused, with the time until the next free slot.
-        assert_eq!(t.attempt(a, now), Verdict::Refuse(Duration::from_secs(11)));
+        assert_eq!(t.attempt(a, now), Verdict::Refuse(Duration::from_secs(9)));
         // Other addresses are not affected.
         assert_eq!(t.attempt(ip("203.0.113.8"), now), Verdict::Check);
     }

@@ -6,6 +6,7 @@ pub mod framing;
 pub mod limit;
 mod media_service;
 pub mod multipart;
+pub mod park;
 pub mod route;
 pub mod server;
 mod service;

@@ -84,6 +84,12 @@ fn assert_cleaned(names: &[String], row: &str) {
     assert_eq!(row, "kept by the server");
 }
 
+/// The new user's collection, as the server created it.
+fn fresh_collection(c: &mut Conn) -> Vec<u8> {
+    call(c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
+    download(c).0
+}
+
 /// A v11 download, which bumps `col.usn` (firing an `UPDATE` trigger).
 fn download(c: &mut Conn) -> (Vec<u8>, Duration) {
     let started = Instant::now();
@@ -96,8 +102,7 @@ fn code_in_a_v11_upload_is_removed_and_never_runs() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let mut c = Conn::open(&s);
-    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
-    let (fresh, _) = download(&mut c);
+    let fresh = fresh_collection(&mut c);
     let hostile = changed(dir.path(), "hostile.anki2", &fresh, HOSTILE);
     assert_eq!(call(&mut c, "upload", HKEY, &hostile).payload(), b"OK");
     let log = s.log();
@@ -162,8 +167,7 @@ fn uploads_whose_tables_carry_code_are_refused() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let mut c = Conn::open(&s);
-    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
-    let (fresh, _) = download(&mut c);
+    let fresh = fresh_collection(&mut c);
     let marked = changed(
         dir.path(),
         "marked.anki2",
@@ -211,8 +215,7 @@ fn shutdown_is_bounded_with_a_request_in_progress() {
     let mut s = server();
     let dir = tempfile::tempdir().unwrap();
     let mut c = Conn::open(&s);
-    call(&mut c, "meta", HKEY, br#"{"v":11,"cv":"x"}"#).payload();
-    let (fresh, _) = download(&mut c);
+    let fresh = fresh_collection(&mut c);
     // 32 MiB that do not compress: more than the socket buffers hold.
     let big = changed(
         dir.path(),
