@@ -13,6 +13,7 @@ use std::time::Duration;
 use anki_sync_lite::auth::live::LiveUsers;
 use anki_sync_lite::auth::manage;
 use anki_sync_lite::backup;
+use anki_sync_lite::budget::{self, MemoryBudget};
 use anki_sync_lite::cli::{self, Command};
 use anki_sync_lite::config::Config;
 use anki_sync_lite::http::{self, Service};
@@ -164,6 +165,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         config,
         users,
         store,
+        budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
     };
     http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
 }

@@ -2,17 +2,24 @@
 //! deck configs, tags, and (from the side whose collection is newer) the
 //! whole config table and `crt`. The server's answer is built before the
 //! client's changes are applied, so the client never gets its own changes
-//! back.
+//! back; the client's are decoded and applied in batches as they stream in.
+
+use std::fmt;
+use std::io::Read;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use super::SyncError;
+use super::decode::{self, Batcher, DecodeError, Field, Int, Json, Key, Stash, Text, TreeBudget};
 use super::state::SyncState;
+use crate::budget::Account;
 use crate::storage::schema11::{self, ConvertError};
 
+/// The server's answer (and, in tests, a client's changes).
 #[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct UnchunkedChanges {
     #[serde(rename = "models", default)]
@@ -45,9 +52,18 @@ impl UnchunkedChanges {
     }
 }
 
-#[derive(Deserialize, Debug)]
-pub struct ApplyChangesRequest {
-    pub changes: UnchunkedChanges,
+/// One incoming change, in the order the client sent it.
+#[derive(Debug, PartialEq)]
+pub enum Change {
+    Notetype(Value),
+    Deck(Value),
+    DeckConfig(Value),
+    Tag(String),
+    Crt(i64),
+    /// The config table is replaced: its entries follow.
+    ConfigReplaced,
+    /// One config entry: key and JSON text.
+    Config(String, Vec<u8>),
 }
 
 impl From<ConvertError> for SyncError {
@@ -59,29 +75,335 @@ impl From<ConvertError> for SyncError {
     }
 }
 
-/// Answers with the server's changes since the client's last sync, then
-/// applies the client's.
-pub fn exchange(
-    col: &Connection,
-    state: &SyncState,
-    incoming: UnchunkedChanges,
-    now_secs: i64,
-) -> Result<UnchunkedChanges, SyncError> {
-    let answer = server_changes(col, state)?;
-    apply_notetypes(col, &incoming.notetypes, state.server_usn, now_secs)?;
-    apply_decks(col, &incoming.decks.0, state.server_usn, now_secs)?;
-    apply_deck_configs(col, &incoming.decks.1, state.server_usn)?;
-    apply_tags(col, &incoming.tags, state.server_usn)?;
-    if let Some(crt) = incoming.crt {
-        col.execute("update col set crt = ?", [crt])?;
-    }
-    if let Some(conf) = &incoming.conf {
-        replace_config(col, conf, state.server_usn, now_secs)?;
-    }
-    Ok(answer)
+/// Decodes an `applyChanges` body (`{"changes": {...}}`) as it streams in,
+/// handing its objects to `apply` in batches, in the order they came.
+/// Returns the number of objects (the config counts as one).
+pub fn receive<R: Read>(
+    body: R,
+    account: &Account<'_>,
+    apply: &mut dyn FnMut(&mut Vec<Change>) -> Result<(), SyncError>,
+) -> Result<usize, DecodeError> {
+    let stash = Stash::default();
+    let mut objects = 0;
+    let mut counted = |batch: &mut Vec<Change>| {
+        objects += batch.iter().filter(|c| c.is_object()).count();
+        apply(batch)
+    };
+    let mut changes = Batcher::new(account, &stash, &mut counted);
+    decode::run(body, account, &stash, |parser| {
+        Field {
+            name: "changes",
+            seed: ChangesSeed(&mut changes),
+            account,
+        }
+        .deserialize(parser)
+    })?;
+    drop(changes);
+    Ok(objects)
 }
 
-fn server_changes(col: &Connection, state: &SyncState) -> Result<UnchunkedChanges, SyncError> {
+impl Change {
+    /// Whether this counts as an object for the sync's summary (the config
+    /// table counts as one).
+    pub fn is_object(&self) -> bool {
+        !matches!(self, Change::Crt(_) | Change::Config(..))
+    }
+}
+
+struct ChangesSeed<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Vec<Change>>);
+
+impl<'de> DeserializeSeed<'de> for ChangesSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChangesSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of unchunked changes")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const KEYS: &[&str] = &["models", "decks", "tags", "conf", "crt"];
+        loop {
+            self.0.next_key(true)?;
+            let Some(key) = map.next_key_seed(Key(KEYS))? else {
+                break;
+            };
+            match key {
+                Some(0) => map.next_value_seed(Objects {
+                    changes: &mut *self.0,
+                    kind: ObjectKind::Notetype,
+                })?,
+                Some(1) => map.next_value_seed(DecksAndConfigs(&mut *self.0))?,
+                Some(2) => map.next_value_seed(Tags(&mut *self.0))?,
+                Some(3) => map.next_value_seed(ConfigTable(&mut *self.0))?,
+                Some(4) => {
+                    if let Some(crt) = map.next_value_seed(Nullable(Int))? {
+                        self.0.add(|b| b.push(Change::Crt(crt)))?;
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        self.0.flush()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ObjectKind {
+    Notetype,
+    Deck,
+    DeckConfig,
+}
+
+impl ObjectKind {
+    fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Notetype => "notetype",
+            ObjectKind::Deck => "deck",
+            ObjectKind::DeckConfig => "deck config",
+        }
+    }
+
+    fn change(self, json: Value) -> Change {
+        match self {
+            ObjectKind::Notetype => Change::Notetype(json),
+            ObjectKind::Deck => Change::Deck(json),
+            ObjectKind::DeckConfig => Change::DeckConfig(json),
+        }
+    }
+}
+
+/// A schema-11 object kept whole (its unknown keys are stored), as a tree
+/// limited to twice the item size.
+fn json_tree<'de, A: SeqAccess<'de>>(
+    seq: &mut A,
+    batcher: &Batcher<'_, '_, Vec<Change>>,
+    what: &'static str,
+) -> Result<Option<Value>, A::Error> {
+    batcher.begin(what);
+    let budget = TreeBudget::new(2 * batcher.account.limits().item);
+    seq.next_element_seed(Json {
+        budget: &budget,
+        stash: batcher.stash,
+        what,
+    })
+}
+
+/// An array of schema-11 objects of one kind.
+struct Objects<'x, 'a, 'b> {
+    changes: &'x mut Batcher<'a, 'b, Vec<Change>>,
+    kind: ObjectKind,
+}
+
+impl<'de> DeserializeSeed<'de> for Objects<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Objects<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {}s", self.kind.name())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(json) = json_tree(&mut seq, self.changes, self.kind.name())? {
+            let kind = self.kind;
+            self.changes.add(|b| b.push(kind.change(json)))?;
+        }
+        Ok(())
+    }
+}
+
+/// `decks`: exactly `[[deck…], [deck config…]]`.
+struct DecksAndConfigs<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Vec<Change>>);
+
+impl<'de> DeserializeSeed<'de> for DecksAndConfigs<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DecksAndConfigs<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[decks, deck configs]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for (at, kind) in [ObjectKind::Deck, ObjectKind::DeckConfig]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = Objects {
+                changes: &mut *self.0,
+                kind,
+            };
+            decode::element(&mut seq, seed, "decks", at, 2)?;
+        }
+        decode::end_of_row(&mut seq, "decks", 2)
+    }
+}
+
+/// `tags`: an array of names.
+struct Tags<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Vec<Change>>);
+
+impl<'de> DeserializeSeed<'de> for Tags<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Tags<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of tags")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            self.0.begin("tag");
+            let Some(tag) = seq.next_element_seed(Text)? else {
+                return Ok(());
+            };
+            self.0.add(|b| b.push(Change::Tag(tag)))?;
+        }
+    }
+}
+
+/// `conf`: `null`, or the whole config table as key → any JSON value.
+struct ConfigTable<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Vec<Change>>);
+
+impl<'de> DeserializeSeed<'de> for ConfigTable<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConfigTable<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or a config object")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.add(|b| b.push(Change::ConfigReplaced))?;
+        loop {
+            self.0.begin("config entry");
+            let Some(key) = map.next_key_seed(Text)? else {
+                return Ok(());
+            };
+            let budget = TreeBudget::new(2 * self.0.account.limits().item);
+            let value = map.next_value_seed(Json {
+                budget: &budget,
+                stash: self.0.stash,
+                what: "config entry",
+            })?;
+            let bytes = serde_json::to_vec(&value).map_err(de::Error::custom)?;
+            self.0.add(|b| b.push(Change::Config(key, bytes)))?;
+        }
+    }
+}
+
+/// `null`, or what `S` decodes.
+struct Nullable<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or a value")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
+/// Applies a batch of the client's changes, in the order they came.
+pub fn apply(
+    col: &Connection,
+    state: &SyncState,
+    changes: &mut Vec<Change>,
+    now_secs: i64,
+) -> Result<(), SyncError> {
+    let usn = state.server_usn;
+    for change in changes.drain(..) {
+        match change {
+            Change::Notetype(json) => apply_notetype(col, &json, usn, now_secs)?,
+            Change::Deck(json) => apply_deck(col, &json, usn, now_secs)?,
+            Change::DeckConfig(json) => apply_deck_config(col, &json, usn)?,
+            Change::Tag(tag) => apply_tag(col, &tag, usn)?,
+            Change::Crt(crt) => {
+                col.execute("update col set crt = ?", [crt])?;
+            }
+            // The newer side's config replaces ours completely.
+            Change::ConfigReplaced => {
+                col.execute("delete from config", [])?;
+            }
+            Change::Config(key, bytes) => {
+                col.prepare_cached(
+                    "insert or replace into config (key, usn, mtime_secs, val) values (?, ?, ?, ?)",
+                )?
+                .execute(params![key, usn, now_secs, bytes])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server's changes since the client's last sync: the answer, built
+/// before anything the client sent is applied.
+pub fn server_changes(col: &Connection, state: &SyncState) -> Result<UnchunkedChanges, SyncError> {
     let since = state.client_usn;
     let mut changes = UnchunkedChanges::default();
     for id in schema11::notetype_ids_since(col, since)? {
@@ -127,82 +449,68 @@ fn all_config(col: &Connection) -> Result<Map<String, Value>, SyncError> {
     Ok(conf)
 }
 
-/// Notetypes: added if new, replaced if ours is not newer; a changed number
-/// of fields or templates needs a full sync and fails the request.
-fn apply_notetypes(
+/// A notetype: added if new, replacing ours if ours is not newer; a changed
+/// number of fields or templates needs a full sync and fails the request.
+fn apply_notetype(
     col: &Connection,
-    incoming: &[Value],
+    json: &Value,
     usn: i32,
     now_secs: i64,
 ) -> Result<(), SyncError> {
-    for json in incoming {
-        let mut nt = schema11::notetype_from_json(json)?;
-        if let Some(existing) = schema11::load_notetype(col, nt.id)? {
-            if existing.mtime_secs > nt.mtime_secs {
-                continue;
-            }
-            if existing.fields.len() != nt.fields.len()
-                || existing.templates.len() != nt.templates.len()
-            {
-                return Err(SyncError::BadRequest(format!(
-                    "notetype {} changed its fields or templates; a full sync is required",
-                    nt.id
-                )));
-            }
+    let mut nt = schema11::notetype_from_json(json)?;
+    if let Some(existing) = schema11::load_notetype(col, nt.id)? {
+        if existing.mtime_secs > nt.mtime_secs {
+            return Ok(());
         }
-        nt.usn = usn;
-        schema11::store_notetype(col, &mut nt, usn, now_secs)?;
+        if existing.fields.len() != nt.fields.len()
+            || existing.templates.len() != nt.templates.len()
+        {
+            return Err(SyncError::BadRequest(format!(
+                "notetype {} changed its fields or templates; a full sync is required",
+                nt.id
+            )));
+        }
     }
+    nt.usn = usn;
+    schema11::store_notetype(col, &mut nt, usn, now_secs)?;
     Ok(())
 }
 
-fn apply_decks(
-    col: &Connection,
-    incoming: &[Value],
-    usn: i32,
-    now_secs: i64,
-) -> Result<(), SyncError> {
-    for json in incoming {
-        let mut deck = schema11::deck_from_json(json)?;
-        if let Some(existing) = schema11::load_deck(col, deck.id)? {
-            if existing.mtime_secs > deck.mtime_secs {
-                continue;
-            }
+fn apply_deck(col: &Connection, json: &Value, usn: i32, now_secs: i64) -> Result<(), SyncError> {
+    let mut deck = schema11::deck_from_json(json)?;
+    if let Some(existing) = schema11::load_deck(col, deck.id)? {
+        if existing.mtime_secs > deck.mtime_secs {
+            return Ok(());
         }
-        deck.usn = usn;
-        schema11::store_deck(col, &mut deck, usn, now_secs)?;
     }
+    deck.usn = usn;
+    schema11::store_deck(col, &mut deck, usn, now_secs)?;
     Ok(())
 }
 
-fn apply_deck_configs(col: &Connection, incoming: &[Value], usn: i32) -> Result<(), SyncError> {
-    for json in incoming {
-        let mut conf = schema11::deckconfig_from_json(json)?;
-        if let Some(existing) = schema11::load_deckconfig(col, conf.id)? {
-            if existing.mtime_secs > conf.mtime_secs {
-                continue;
-            }
+fn apply_deck_config(col: &Connection, json: &Value, usn: i32) -> Result<(), SyncError> {
+    let mut conf = schema11::deckconfig_from_json(json)?;
+    if let Some(existing) = schema11::load_deckconfig(col, conf.id)? {
+        if existing.mtime_secs > conf.mtime_secs {
+            return Ok(());
         }
-        conf.usn = usn;
-        schema11::store_deckconfig(col, &conf)?;
     }
+    conf.usn = usn;
+    schema11::store_deckconfig(col, &conf)?;
     Ok(())
 }
 
-/// Adds tags the server does not know yet (compared case-insensitively);
-/// existing tags, their case and usn are left alone.
-fn apply_tags(col: &Connection, incoming: &[String], usn: i32) -> Result<(), SyncError> {
+/// Adds a tag the server does not know yet (compared case-insensitively);
+/// an existing tag, its case and usn are left alone.
+fn apply_tag(col: &Connection, raw: &str, usn: i32) -> Result<(), SyncError> {
     let mut exists = col.prepare_cached("select tag from tags where tag = ?")?;
-    let mut insert = col
-        .prepare_cached("insert into tags (tag, usn, collapsed, config) values (?, ?, 1, null)")?;
-    for raw in incoming {
-        let tag = normalize_tag(raw);
-        if exists.query_row([&tag], |_| Ok(())).optional()?.is_some() {
-            continue;
-        }
-        let tag = adopt_parent_case(&mut exists, &tag)?;
-        insert.execute(params![tag, usn])?;
+    let tag = normalize_tag(raw);
+    if exists.query_row([&tag], |_| Ok(())).optional()?.is_some() {
+        return Ok(());
     }
+    let tag = adopt_parent_case(&mut exists, &tag)?;
+    col.prepare_cached("insert into tags (tag, usn, collapsed, config) values (?, ?, 1, null)")?
+        .execute(params![tag, usn])?;
     Ok(())
 }
 
@@ -244,27 +552,45 @@ fn adopt_parent_case(
     Ok(tag.to_string())
 }
 
-/// The newer side's config replaces ours completely.
-fn replace_config(
-    col: &Connection,
-    conf: &Map<String, Value>,
-    usn: i32,
-    now_secs: i64,
-) -> Result<(), SyncError> {
-    col.execute("delete from config", [])?;
-    let mut insert =
-        col.prepare_cached("insert into config (key, usn, mtime_secs, val) values (?, ?, ?, ?)")?;
-    for (key, value) in conf {
-        let bytes = serde_json::to_vec(value).map_err(SyncError::from)?;
-        insert.execute(params![key, usn, now_secs, bytes])?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{Limits, Refusal};
+    use crate::collection::decode::tests::{budget, refused};
     use crate::storage::schema::SCHEMA18_DDL;
+
+    const LIMITS: Limits = Limits {
+        item: 64 * 1024,
+        allowance: 1 << 20,
+    };
+
+    /// Decodes a body as the handler does, applying each batch.
+    fn receive_json(
+        c: &Connection,
+        st: &SyncState,
+        body: &[u8],
+        now: i64,
+    ) -> Result<usize, DecodeError> {
+        let budget = budget();
+        let account = Account::new(&budget, LIMITS);
+        receive(body, &account, &mut |batch| apply(c, st, batch, now))
+    }
+
+    /// The handler's order: our answer first, then the client's changes.
+    fn exchange(
+        c: &Connection,
+        st: &SyncState,
+        incoming: UnchunkedChanges,
+        now: i64,
+    ) -> Result<UnchunkedChanges, SyncError> {
+        let answer = server_changes(c, st)?;
+        let body = serde_json::to_vec(&serde_json::json!({ "changes": incoming })).unwrap();
+        match receive_json(c, st, &body, now) {
+            Ok(_) => Ok(answer),
+            Err(DecodeError::Apply(e)) => Err(e),
+            Err(other) => panic!("not an apply error: {other}"),
+        }
+    }
 
     fn db() -> Connection {
         let c = Connection::open_in_memory().unwrap();
@@ -500,5 +826,85 @@ mod tests {
                 ("Parent::child".into(), 5),
             ]
         );
+    }
+
+    #[test]
+    fn objects_are_counted_and_applied_in_the_order_they_came() {
+        let c = db();
+        let body = br#"{"changes":{"tags":["a","b"],"crt":5,"conf":{"x":[1, 2],"y":null},"models":[],"decks":[[],[]],"extra":{"z":1}}}"#;
+        // Two tags and the config table.
+        assert_eq!(receive_json(&c, &state(true), body, 1).unwrap(), 3);
+        let keys: Vec<(String, Vec<u8>)> = c
+            .prepare("select key, val from config order by key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            keys,
+            [
+                ("x".into(), b"[1,2]".to_vec()),
+                ("y".into(), b"null".to_vec())
+            ]
+        );
+        // `null` for conf and crt changes nothing.
+        let body = br#"{"changes":{"models":[],"decks":[[],[]],"tags":[],"conf":null,"crt":null}}"#;
+        assert_eq!(receive_json(&c, &state(true), body, 1).unwrap(), 0);
+        assert_eq!(
+            c.query_row("select count() from config", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn malformed_changes_are_refused() {
+        let c = db();
+        for bad in [
+            r#"{"changes":{"decks":[[]]}}"#,
+            r#"{"changes":{"decks":[[],[],[]]}}"#,
+            r#"{"changes":{"decks":{}}}"#,
+            r#"{"changes":{"tags":[1]}}"#,
+            r#"{"changes":{"models":{}}}"#,
+            r#"{"changes":{"conf":[]}}"#,
+            r#"{"changes":{"crt":"5"}}"#,
+            r#"{"chunk":{}}"#,
+        ] {
+            assert!(
+                matches!(
+                    receive_json(&c, &state(true), bad.as_bytes(), 1),
+                    Err(DecodeError::Shape(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_objects_are_refused_as_text_or_as_trees() {
+        let c = db();
+        let tag = format!(r#"{{"changes":{{"tags":["{}"]}}}}"#, "t".repeat(100_000));
+        let err = receive_json(&c, &state(true), tag.as_bytes(), 1).unwrap_err();
+        assert_eq!(
+            refused(&err),
+            Some(Refusal::ItemTooLarge {
+                what: "tag",
+                limit: LIMITS.item
+            })
+        );
+        // 30,000 zeros are 60 KB of text (under the item limit) but about
+        // 2 MB as a tree.
+        let zeros = vec!["0"; 30_000].join(",");
+        let model = format!(r#"{{"changes":{{"models":[{{"id":1,"big":[{zeros}]}}]}}}}"#);
+        match receive_json(&c, &state(true), model.as_bytes(), 1) {
+            Err(DecodeError::TooLarge(m)) => assert!(m.contains("one notetype is larger"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let conf = format!(r#"{{"changes":{{"conf":{{"k":[{zeros}]}}}}}}"#);
+        match receive_json(&c, &state(true), conf.as_bytes(), 1) {
+            Err(DecodeError::TooLarge(m)) => assert!(m.contains("config entry"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

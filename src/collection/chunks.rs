@@ -1,33 +1,45 @@
 //! Notes, cards and review-log entries in both directions, in chunks of at
 //! most 250 objects: `chunk` sends the server's changes since the client's
 //! last sync, `applyChunk` merges the client's. Rows travel as positional
-//! JSON arrays (collection-sync.md §6.5).
+//! JSON arrays (collection-sync.md §6.5, typed in `rows`); an incoming chunk
+//! is decoded and merged in batches as it streams in (`decode`).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
 
 use prost::Message;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::SyncError;
+use super::decode::{self, Batcher, DecodeError, Field, Key, Stash};
 use super::notetext;
+use super::rows::{CardRow, NoteRow, RevlogRow, RowSeed};
 use super::state::{PendingIds, SyncState};
+use crate::budget::Account;
 use crate::storage::proto::notetypes::notetype;
 
 /// Objects per chunk.
 pub const CHUNK_SIZE: usize = 250;
 
-#[derive(Serialize, Deserialize, Debug, Default)]
+/// Most rows one `applyChunk` may carry. Clients send at most 252 (250,
+/// plus the overshoot of upstream's last round of one revlog entry, note and
+/// card); twice as many leaves room for a client that counts differently
+/// and still refuses a body of thousands of rows.
+pub const MAX_ROWS_PER_CHUNK: usize = 2 * CHUNK_SIZE;
+
+#[derive(Serialize, Debug, Default)]
 pub struct Chunk {
     pub done: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub revlog: Vec<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cards: Vec<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<Vec<Value>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revlog: Vec<RevlogRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cards: Vec<CardRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<NoteRow>,
 }
 
 impl Chunk {
@@ -41,9 +53,117 @@ impl Chunk {
     }
 }
 
-#[derive(Deserialize, Debug)]
-pub struct ApplyChunkRequest {
-    pub chunk: Chunk,
+/// Decodes an `applyChunk` body (`{"chunk": {...}}`) as it streams in and
+/// hands its rows to `apply` in batches. Returns the number of rows.
+pub fn receive<R: Read>(
+    body: R,
+    account: &Account<'_>,
+    apply: &mut dyn FnMut(&mut Chunk) -> Result<(), SyncError>,
+) -> Result<usize, DecodeError> {
+    let stash = Stash::default();
+    let mut rows = Batcher::new(account, &stash, apply).at_most(MAX_ROWS_PER_CHUNK, "rows");
+    decode::run(body, account, &stash, |parser| {
+        Field {
+            name: "chunk",
+            seed: ChunkSeed(&mut rows),
+            account,
+        }
+        .deserialize(parser)
+    })?;
+    Ok(rows.total())
+}
+
+/// The chunk object: `done`, then arrays of rows; other keys are skipped.
+struct ChunkSeed<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Chunk>);
+
+impl<'de> DeserializeSeed<'de> for ChunkSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChunkSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a chunk object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const KEYS: &[&str] = &["done", "revlog", "cards", "notes"];
+        loop {
+            self.0.next_key(true)?;
+            let Some(key) = map.next_key_seed(Key(KEYS))? else {
+                break;
+            };
+            match key {
+                Some(0) => {
+                    map.next_value::<bool>()?;
+                }
+                Some(1) => map.next_value_seed(Rows {
+                    rows: &mut *self.0,
+                    what: "revlog row",
+                    put: |c: &mut Chunk, r| c.revlog.push(r),
+                })?,
+                Some(2) => map.next_value_seed(Rows {
+                    rows: &mut *self.0,
+                    what: "card row",
+                    put: |c: &mut Chunk, r| c.cards.push(r),
+                })?,
+                Some(3) => map.next_value_seed(Rows {
+                    rows: &mut *self.0,
+                    what: "note row",
+                    put: |c: &mut Chunk, r| c.notes.push(r),
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        self.0.flush()
+    }
+}
+
+/// One array of rows of a kind, each added to the batch as it is decoded.
+struct Rows<'x, 'a, 'b, T> {
+    rows: &'x mut Batcher<'a, 'b, Chunk>,
+    what: &'static str,
+    put: fn(&mut Chunk, T),
+}
+
+impl<'de, T> DeserializeSeed<'de> for Rows<'_, '_, '_, T>
+where
+    RowSeed<T>: DeserializeSeed<'de, Value = T>,
+{
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T> Visitor<'de> for Rows<'_, '_, '_, T>
+where
+    RowSeed<T>: DeserializeSeed<'de, Value = T>,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {}s", self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            self.rows.begin(self.what);
+            let Some(row) = seq.next_element_seed(RowSeed::<T>::default())? else {
+                return Ok(());
+            };
+            let put = self.put;
+            self.rows.add(|chunk| put(chunk, row))?;
+        }
+    }
 }
 
 /// The next chunk of server changes. The ids to send are fixed at the first
@@ -103,76 +223,95 @@ fn ids_since(col: &Connection, table: &str, usn: i32) -> Result<Vec<i64>, SyncEr
     Ok(ids)
 }
 
-fn revlog_row(col: &Connection, id: i64) -> Result<Option<Vec<Value>>, SyncError> {
+fn revlog_row(col: &Connection, id: i64) -> Result<Option<RevlogRow>, SyncError> {
     let mut stmt = col.prepare_cached(
         "select id, cid, usn, ease, ivl, lastIvl, factor, time, type from revlog where id = ?",
     )?;
     Ok(stmt
         .query_row([id], |r| {
-            (0..9)
-                .map(|i| r.get::<_, i64>(i).map(Value::from))
-                .collect::<Result<Vec<_>, _>>()
+            Ok(RevlogRow {
+                id: r.get(0)?,
+                cid: r.get(1)?,
+                usn: r.get(2)?,
+                ease: r.get(3)?,
+                ivl: r.get(4)?,
+                last_ivl: r.get(5)?,
+                factor: r.get(6)?,
+                time: r.get(7)?,
+                kind: r.get(8)?,
+            })
         })
         .optional()?)
 }
 
-fn note_row(col: &Connection, id: i64) -> Result<Option<Vec<Value>>, SyncError> {
+fn note_row(col: &Connection, id: i64) -> Result<Option<NoteRow>, SyncError> {
     let mut stmt =
         col.prepare_cached("select id, guid, mid, mod, usn, tags, flds from notes where id = ?")?;
     Ok(stmt
         .query_row([id], |r| {
-            Ok(vec![
-                json!(r.get::<_, i64>(0)?),
-                json!(r.get::<_, String>(1)?),
-                json!(r.get::<_, i64>(2)?),
-                json!(r.get::<_, i64>(3)?),
-                json!(r.get::<_, i64>(4)?),
-                json!(r.get::<_, String>(5)?),
-                json!(r.get::<_, String>(6)?),
-                json!(""),
-                json!(""),
-                json!(0),
-                json!(""),
-            ])
+            Ok(NoteRow {
+                id: r.get(0)?,
+                guid: r.get(1)?,
+                mid: r.get(2)?,
+                mtime: r.get(3)?,
+                usn: r.get(4)?,
+                tags: r.get(5)?,
+                fields: r.get(6)?,
+            })
         })
         .optional()?)
 }
 
-fn card_row(col: &Connection, id: i64) -> Result<Option<Vec<Value>>, SyncError> {
+fn card_row(col: &Connection, id: i64) -> Result<Option<CardRow>, SyncError> {
     let mut stmt = col.prepare_cached(
         "select id, nid, did, ord, mod, usn, type, queue, due, ivl, factor, reps, lapses, left,
                 odue, odid, flags, data from cards where id = ?",
     )?;
     Ok(stmt
         .query_row([id], |r| {
-            let mut row = (0..17)
-                .map(|i| r.get::<_, i64>(i).map(Value::from))
-                .collect::<Result<Vec<_>, _>>()?;
-            row.push(json!(r.get::<_, String>(17)?));
-            Ok(row)
+            Ok(CardRow {
+                id: r.get(0)?,
+                nid: r.get(1)?,
+                did: r.get(2)?,
+                ord: r.get(3)?,
+                mtime: r.get(4)?,
+                usn: r.get(5)?,
+                ctype: r.get(6)?,
+                queue: r.get(7)?,
+                due: r.get(8)?,
+                ivl: r.get(9)?,
+                factor: r.get(10)?,
+                reps: r.get(11)?,
+                lapses: r.get(12)?,
+                left: r.get(13)?,
+                odue: r.get(14)?,
+                odid: r.get(15)?,
+                flags: r.get(16)?,
+                data: r.get(17)?,
+            })
         })
         .optional()?)
 }
 
 /// Merges a chunk from the client: revlog, then cards, then notes. Each
 /// kind's winning rows are written with a few multi-row statements (see
-/// [`Rows`]).
-pub fn apply(col: &Connection, state: &SyncState, chunk: &Chunk) -> Result<(), SyncError> {
-    let mut revlog = Rows::new(REVLOG_INSERT, 9);
+/// [`Inserts`]).
+pub fn apply(col: &Connection, state: &SyncState, chunk: &mut Chunk) -> Result<(), SyncError> {
+    let mut revlog = Inserts::new(REVLOG_INSERT, 9);
     for row in &chunk.revlog {
-        revlog.add_all(revlog_values(row, state.server_usn)?);
+        revlog.add_all(revlog_values(row, state.server_usn));
     }
     revlog.write(col)?;
-    let mut cards = Rows::new(CARD_INSERT, 18);
-    for row in &chunk.cards {
+    let mut cards = Inserts::new(CARD_INSERT, 18);
+    for row in &mut chunk.cards {
         if let Some((id, modified, values)) = card_values(col, row, state, &cards)? {
             cards.merge(id, modified, values);
         }
     }
     cards.write(col)?;
-    let mut notes = Rows::new(NOTE_INSERT, 11);
+    let mut notes = Inserts::new(NOTE_INSERT, 11);
     let mut notetypes = NotetypeCache::default();
-    for row in &chunk.notes {
+    for row in &mut chunk.notes {
         if let Some((id, modified, values)) = note_values(col, row, state, &notes, &mut notetypes)?
         {
             notes.merge(id, modified, values);
@@ -199,7 +338,7 @@ const NOTE_INSERT: &str = "insert or replace into notes (id, guid, mid, mod, usn
 const ROWS_PER_STATEMENT: usize = 25;
 
 /// The rows of one table a chunk writes, in arrival order.
-struct Rows {
+struct Inserts {
     insert: &'static str,
     width: usize,
     values: Vec<SqlValue>,
@@ -207,9 +346,9 @@ struct Rows {
     index: HashMap<i64, (usize, i64)>,
 }
 
-impl Rows {
-    fn new(insert: &'static str, width: usize) -> Rows {
-        Rows {
+impl Inserts {
+    fn new(insert: &'static str, width: usize) -> Inserts {
+        Inserts {
             insert,
             width,
             values: Vec::new(),
@@ -248,63 +387,45 @@ impl Rows {
     /// Full groups of [`ROWS_PER_STATEMENT`] rows with one statement, the
     /// rest (none for a full chunk of 250) one row at a time: both
     /// statements stay prepared in the connection's cache.
+    ///
+    /// Each value is dropped as soon as SQLite holds its own copy, so a large
+    /// note is not held a third time while its row is written.
     fn write(self, col: &Connection) -> Result<(), SyncError> {
         let group = self.width * ROWS_PER_STATEMENT;
         let full = self.values.len() / group * group;
-        let (groups, rest) = self.values.split_at(full);
-        for (values, rows) in [(groups, ROWS_PER_STATEMENT), (rest, 1)] {
-            if values.is_empty() {
+        let rest = self.values.len() - full;
+        let mut values = self.values.into_iter();
+        for (count, rows) in [(full, ROWS_PER_STATEMENT), (rest, 1)] {
+            if count == 0 {
                 continue;
             }
             let one = format!("({})", vec!["?"; self.width].join(", "));
             let sql = format!("{}{}", self.insert, vec![one; rows].join(", "));
             let mut statement = col.prepare_cached(&sql)?;
-            for params in values.chunks(self.width * rows) {
-                statement.execute(rusqlite::params_from_iter(params))?;
+            let per_statement = self.width * rows;
+            for _ in 0..count / per_statement {
+                for (at, value) in values.by_ref().take(per_statement).enumerate() {
+                    statement.raw_bind_parameter(at + 1, value)?;
+                }
+                statement.raw_execute()?;
             }
         }
         Ok(())
     }
 }
 
-/// A row element as an integer; floats are truncated, as upstream accepts them.
-fn int(row: &[Value], i: usize, what: &str) -> Result<i64, SyncError> {
-    match row.get(i) {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().map(|f| f as i64))
-            .ok_or_else(|| bad(what, i)),
-        _ => Err(bad(what, i)),
-    }
-}
-
-fn text<'a>(row: &'a [Value], i: usize, what: &str) -> Result<&'a str, SyncError> {
-    row.get(i)
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(what, i))
-}
-
-fn bad(what: &str, i: usize) -> SyncError {
-    SyncError::BadRequest(format!(
-        "{what} row: element {i} is missing or has the wrong type"
-    ))
-}
-
-fn revlog_values(row: &[Value], usn: i32) -> Result<Vec<SqlValue>, SyncError> {
-    let w = "revlog";
-    let kind = int(row, 8, w).unwrap_or(0);
-    let kind = if (0..=5).contains(&kind) { kind } else { 0 };
-    Ok(vec![
-        int(row, 0, w)?.into(),
-        int(row, 1, w)?.into(),
+fn revlog_values(row: &RevlogRow, usn: i32) -> Vec<SqlValue> {
+    vec![
+        row.id.into(),
+        row.cid.into(),
         i64::from(usn).into(),
-        int(row, 3, w)?.into(),
-        int(row, 4, w)?.into(),
-        int(row, 5, w)?.into(),
-        int(row, 6, w)?.max(0).into(),
-        int(row, 7, w)?.max(0).into(),
-        kind.into(),
-    ])
+        row.ease.into(),
+        row.ivl.into(),
+        row.last_ivl.into(),
+        row.factor.max(0).into(),
+        row.time.max(0).into(),
+        row.kind.into(),
+    ]
 }
 
 /// The merge rule for notes and cards: take the incoming copy unless ours
@@ -317,7 +438,7 @@ fn incoming_wins(
     id: i64,
     incoming_mod: i64,
     client_usn: i32,
-    pending: &Rows,
+    pending: &Inserts,
 ) -> Result<bool, SyncError> {
     if let Some(modified) = pending.pending_mod(id) {
         return Ok(incoming_mod > modified);
@@ -337,37 +458,18 @@ type Winner = Option<(i64, i64, Vec<SqlValue>)>;
 
 fn card_values(
     col: &Connection,
-    row: &[Value],
+    row: &mut CardRow,
     state: &SyncState,
-    pending: &Rows,
+    pending: &Inserts,
 ) -> Result<Winner, SyncError> {
-    let w = "card";
-    let id = int(row, 0, w)?;
-    let modified = int(row, 4, w)?;
-    if !incoming_wins(col, "cards", id, modified, state.client_usn, pending)? {
+    if !incoming_wins(col, "cards", row.id, row.mtime, state.client_usn, pending)? {
         return Ok(None);
     }
-    let values = vec![
-        id.into(),
-        int(row, 1, w)?.into(),
-        int(row, 2, w)?.into(),
-        int(row, 3, w)?.into(),
-        modified.into(),
-        i64::from(state.server_usn).into(),
-        int(row, 6, w)?.into(),
-        int(row, 7, w)?.into(),
-        int(row, 8, w)?.into(),
-        int(row, 9, w)?.max(0).into(),
-        int(row, 10, w)?.into(),
-        int(row, 11, w)?.into(),
-        int(row, 12, w)?.into(),
-        int(row, 13, w)?.into(),
-        int(row, 14, w)?.into(),
-        int(row, 15, w)?.into(),
-        int(row, 16, w)?.into(),
-        text(row, 17, w)?.to_string().into(),
-    ];
-    Ok(Some((id, modified, values)))
+    let mut values: Vec<SqlValue> = row.ints().into_iter().map(SqlValue::from).collect();
+    values[5] = i64::from(state.server_usn).into();
+    values[9] = row.ivl.max(0).into();
+    values.push(std::mem::take(&mut row.data).into());
+    Ok(Some((row.id, row.mtime, values)))
 }
 
 /// Field count and sort field of each notetype met in a chunk.
@@ -402,46 +504,40 @@ impl NotetypeCache {
 
 fn note_values(
     col: &Connection,
-    row: &[Value],
+    row: &mut NoteRow,
     state: &SyncState,
-    pending: &Rows,
+    pending: &Inserts,
     notetypes: &mut NotetypeCache,
 ) -> Result<Winner, SyncError> {
-    let w = "note";
-    let id = int(row, 0, w)?;
-    let modified = int(row, 3, w)?;
-    if !incoming_wins(col, "notes", id, modified, state.client_usn, pending)? {
+    let (id, mid) = (row.id, row.mid);
+    if !incoming_wins(col, "notes", id, row.mtime, state.client_usn, pending)? {
         return Ok(None);
     }
-    let mid = int(row, 2, w)?;
     let (field_count, sort_idx) = notetypes.get(col, mid)?;
-    let fields: Vec<String> = text(row, 6, w)?
-        .split('\x1f')
-        .map(notetext::clean_field)
-        .collect();
+    // The fields arrive without control characters (see `rows`).
+    let fields: Vec<&str> = row.fields.split('\x1f').collect();
     if fields.len() != field_count {
         return Err(SyncError::BadRequest(format!(
             "note {id} has {} fields, its notetype {mid} has {field_count}",
             fields.len()
         )));
     }
-    let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
-    let sfld = notetext::sort_field(&field_refs, sort_idx);
-    let csum = notetext::checksum(field_refs[0]);
+    let sfld = notetext::sort_field(&fields, sort_idx);
+    let csum = notetext::checksum(fields[0]);
     let values = vec![
         id.into(),
-        text(row, 1, w)?.to_string().into(),
+        std::mem::take(&mut row.guid).into(),
         mid.into(),
-        modified.into(),
+        row.mtime.into(),
         i64::from(state.server_usn).into(),
-        join_tags(text(row, 5, w)?).into(),
-        fields.join("\x1f").into(),
+        join_tags(&row.tags).into(),
+        std::mem::take(&mut row.fields).into(),
         sfld.into(),
         i64::from(csum).into(),
         0i64.into(),
         String::new().into(),
     ];
-    Ok(Some((id, modified, values)))
+    Ok(Some((id, row.mtime, values)))
 }
 
 /// Tags split on ASCII and ideographic spaces, re-joined with one leading
@@ -460,7 +556,11 @@ fn join_tags(tags: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::budget::{Limits, Refusal};
+    use crate::collection::decode::tests::{LIMITS, budget, refused};
     use crate::storage::schema::SCHEMA18_DDL;
 
     fn db() -> Connection {
@@ -495,8 +595,8 @@ mod tests {
         }
     }
 
-    fn note(id: i64, modified: i64, flds: &str) -> Vec<Value> {
-        serde_json::from_value(json!([
+    fn note(id: i64, modified: i64, flds: &str) -> Value {
+        json!([
             id,
             "guid",
             7,
@@ -508,33 +608,45 @@ mod tests {
             "",
             0,
             ""
-        ]))
-        .unwrap()
+        ])
     }
 
-    fn card(id: i64, modified: i64, due: f64) -> Vec<Value> {
-        serde_json::from_value(json!([
+    fn card(id: i64, modified: i64, due: f64) -> Value {
+        json!([
             id, 1, 1, 0, modified, 5, 2, 2, due, -3, 2500, 1, 0, 0, 0, 0, 0, "{}"
-        ]))
-        .unwrap()
+        ])
+    }
+
+    /// Decodes `{"chunk": chunk}` as the handler does, merging each batch.
+    fn receive_json(
+        c: &Connection,
+        st: &SyncState,
+        chunk: Value,
+        limits: Limits,
+    ) -> Result<(usize, usize), DecodeError> {
+        let body = serde_json::to_vec(&json!({ "chunk": chunk })).unwrap();
+        let budget = budget();
+        let account = Account::new(&budget, limits);
+        let mut batches = 0;
+        let rows = receive(&body[..], &account, &mut |batch| {
+            batches += 1;
+            apply(c, st, batch)
+        })?;
+        Ok((rows, batches))
     }
 
     fn apply_one(
         c: &Connection,
         st: &SyncState,
-        notes: Vec<Vec<Value>>,
-        cards: Vec<Vec<Value>>,
+        notes: Vec<Value>,
+        cards: Vec<Value>,
     ) -> Result<(), SyncError> {
-        apply(
-            c,
-            st,
-            &Chunk {
-                done: true,
-                revlog: vec![],
-                cards,
-                notes,
-            },
-        )
+        let chunk = json!({"done": true, "notes": notes, "cards": cards});
+        match receive_json(c, st, chunk, LIMITS) {
+            Ok(_) => Ok(()),
+            Err(DecodeError::Apply(e)) => Err(e),
+            Err(other) => panic!("not a merge error: {other}"),
+        }
     }
 
     #[test]
@@ -708,29 +820,9 @@ mod tests {
     fn revlog_is_insert_or_ignore() {
         let c = db();
         let st = state(0, 2);
-        let entry = |ease: i64| -> Vec<Value> {
-            serde_json::from_value(json!([10, 1, 2, ease, 1, 0, -5, 3000.7, 9])).unwrap()
-        };
-        apply(
-            &c,
-            &st,
-            &Chunk {
-                done: true,
-                revlog: vec![entry(3)],
-                ..Chunk::default()
-            },
-        )
-        .unwrap();
-        apply(
-            &c,
-            &st,
-            &Chunk {
-                done: true,
-                revlog: vec![entry(1)],
-                ..Chunk::default()
-            },
-        )
-        .unwrap();
+        let entry = |ease: i64| json!([10, 1, 2, ease, 1, 0, -5, 3000.7, 9]);
+        receive_json(&c, &st, json!({"revlog": [entry(3)]}), LIMITS).unwrap();
+        receive_json(&c, &st, json!({"revlog": [entry(1)]}), LIMITS).unwrap();
         let (ease, factor, time, kind): (i64, i64, i64, i64) = c
             .query_row("select ease, factor, time, type from revlog", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -743,9 +835,11 @@ mod tests {
     fn chunks_hold_at_most_250_and_end_with_done() {
         let c = db();
         let st_apply = state(0, 1);
-        let notes: Vec<_> = (1..=300).map(|i| note(i, 1, "a\x1fb")).collect();
-        let cards: Vec<_> = (1..=300).map(|i| card(i, 1, 0.0)).collect();
-        apply_one(&c, &st_apply, notes, cards).unwrap();
+        for part in [1..=150, 151..=300] {
+            let notes: Vec<_> = part.clone().map(|i| note(i, 1, "a\x1fb")).collect();
+            let cards: Vec<_> = part.map(|i| card(i, 1, 0.0)).collect();
+            apply_one(&c, &st_apply, notes, cards).unwrap();
+        }
         let mut st = state(1, 2);
         let sizes: Vec<(usize, usize, bool)> = (0..4)
             .map(|_| {
@@ -763,10 +857,11 @@ mod tests {
             ]
         );
         let first = next(&c, &mut state(1, 2)).unwrap();
-        let row = &first.notes[0];
-        assert_eq!(row.len(), 11);
+        let row = serde_json::to_value(&first.notes[0]).unwrap();
+        assert_eq!(row.as_array().unwrap().len(), 11);
         assert_eq!(row[7], json!(""));
-        assert_eq!(first.cards[0].len(), 18);
+        let row = serde_json::to_value(&first.cards[0]).unwrap();
+        assert_eq!(row.as_array().unwrap().len(), 18);
         // Nothing changed since usn 2: an empty, final chunk without row keys.
         let empty = next(&c, &mut state(2, 2)).unwrap();
         assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"done":true}"#);
@@ -781,5 +876,114 @@ mod tests {
         assert!(!next(&c, &mut st).unwrap().done);
         let last = next(&c, &mut st).unwrap();
         assert!(last.done && last.notes.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_with_more_rows_than_clients_send_is_refused() {
+        let c = db();
+        let notes: Vec<_> = (1..=MAX_ROWS_PER_CHUNK as i64 + 1)
+            .map(|i| note(i, 1, "a\x1fb"))
+            .collect();
+        match receive_json(&c, &state(0, 1), json!({ "notes": notes }), LIMITS) {
+            Err(DecodeError::Shape(m)) => assert!(m.contains("more than 500 rows"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_field_is_refused_with_a_clear_error() {
+        let c = db();
+        let big = format!("{}\x1fb", "x".repeat(10_000));
+        let err = receive_json(
+            &c,
+            &state(0, 1),
+            json!({ "notes": [note(1, 1, &big)] }),
+            LIMITS,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused(&err),
+            Some(Refusal::ItemTooLarge {
+                what: "note row",
+                limit: LIMITS.item
+            })
+        );
+        assert!(
+            err.to_string()
+                .contains("one note row is larger than the limit of 4096 bytes"),
+            "{err}"
+        );
+        // Within the limit it is stored.
+        let limits = Limits {
+            item: 64 * 1024,
+            ..LIMITS
+        };
+        receive_json(
+            &c,
+            &state(0, 1),
+            json!({ "notes": [note(1, 1, &big)] }),
+            limits,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_large_chunk_is_merged_in_batches_as_it_arrives() {
+        let c = db();
+        let field = "y".repeat(1500);
+        let notes: Vec<_> = (1..=300)
+            .map(|i| note(i, 1, &format!("{i}{field}\x1fb")))
+            .collect();
+        let (rows, batches) = receive_json(
+            &c,
+            &state(0, 1),
+            json!({ "done": false, "notes": notes }),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(rows, 300);
+        assert!(batches >= 2, "{batches} batches");
+        let stored: i64 = c
+            .query_row("select count() from notes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 300);
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused_before_anything_is_merged() {
+        let c = db();
+        for (chunk, why) in [
+            (json!({ "notes": null }), "null rows"),
+            (json!({ "done": "yes" }), "done not a bool"),
+            (
+                json!({ "notes": [[1, "g", 7, 1, 1, "", "a\x1fb", "", "", 0]] }),
+                "10 elements",
+            ),
+            (
+                json!({ "cards": [["1", 1, 1, 0, 1, 5, 2, 2, 1, 1, 2500, 1, 0, 0, 0, 0, 0, "{}"]] }),
+                "string id",
+            ),
+            (json!({ "revlog": [{"id": 1}] }), "object row"),
+            // The row of ten million zeros, in small: refused at its second element.
+            (json!({ "notes": [vec![0; 100_000]] }), "zeros"),
+        ] {
+            assert!(
+                matches!(
+                    receive_json(&c, &state(0, 1), chunk, LIMITS),
+                    Err(DecodeError::Shape(_))
+                ),
+                "{why}"
+            );
+        }
+        let budget = budget();
+        let account = Account::new(&budget, LIMITS);
+        let missing = receive(&br#"{"notes":[]}"#[..], &account, &mut |_| Ok(()));
+        assert!(
+            matches!(missing, Err(DecodeError::Shape(m)) if m.contains("missing field `chunk`"))
+        );
+        let stored: i64 = c
+            .query_row("select count() from notes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
     }
 }

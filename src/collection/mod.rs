@@ -3,10 +3,12 @@
 
 pub mod changes;
 pub mod chunks;
+pub mod decode;
 pub mod full;
 pub mod graves;
 pub mod meta;
 pub mod notetext;
+pub mod rows;
 pub mod sanity;
 pub mod state;
 pub mod unbury;

@@ -98,6 +98,14 @@ pub fn active<'a>(
     }
 }
 
+/// Ends the sync if `session` owns it: one of its requests failed where no
+/// step could roll it back (its body broke off or was malformed).
+pub fn abort_owned(user: &mut UserState, session: &str) {
+    if active(user, session).is_ok() {
+        user.abort_sync();
+    }
+}
+
 /// Runs one step of the sync owned by `session`. If the step fails, the
 /// whole sync is rolled back and discarded, as upstream does, so the client
 /// (which then sends `abort`) and the server agree nothing was applied.

@@ -95,6 +95,8 @@ impl HandlerError {
             HandlerError::Route(RouteError::NotFound) => 404,
             HandlerError::Route(RouteError::MethodNotAllowed(_)) => 405,
             HandlerError::Route(RouteError::UnknownMethod(_)) => 400,
+            HandlerError::Framing(FramingError::ItemTooLarge(_)) => 413,
+            HandlerError::Framing(FramingError::Busy(_)) => 429,
             HandlerError::Framing(_) => 400,
             HandlerError::Auth(AuthError::BadCredentials | AuthError::UnknownHostKey) => 403,
             HandlerError::Auth(AuthError::BadAccount { .. }) => 500,

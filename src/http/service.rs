@@ -22,11 +22,13 @@ use super::spill::Spill;
 use crate::auth::Users;
 use crate::auth::live::LiveUsers;
 use crate::backup;
+use crate::budget::{self, Account, MemoryBudget};
 use crate::collection::SyncError;
-use crate::collection::changes::{self, ApplyChangesRequest};
-use crate::collection::chunks::{self, ApplyChunkRequest};
+use crate::collection::changes;
+use crate::collection::chunks;
+use crate::collection::decode::DecodeError;
 use crate::collection::full::{self, ReceiveError};
-use crate::collection::graves::{self, ApplyGravesRequest, StartRequest};
+use crate::collection::graves;
 use crate::collection::meta::{self, MetaContext, MetaRequest};
 use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::state;
@@ -40,6 +42,8 @@ pub struct Service {
     /// The accounts, reloaded when the users file changes.
     pub users: LiveUsers,
     pub store: UserStore,
+    /// The memory all requests may use for decoded JSON bodies.
+    pub budget: MemoryBudget,
 }
 
 /// A successful answer, before encoding.
@@ -337,40 +341,63 @@ impl Service {
                 Ok(json_null())
             }
             SyncMethod::Start => {
-                let req: StartRequest = body.json()?;
-                let mut user = slot.lock();
-                // Before the day's first incoming changes, so they can be undone.
-                backup::daily(&mut user);
-                state::begin(&mut user, &header.session, req.min_usn, req.lnewer)?;
-                let answer = state::step(&mut user, &header.session, |col, st| {
-                    unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
-                    // Ours first: the client's legacy graves must not echo back.
-                    let ours = graves::since(col, st.client_usn)?;
-                    st.sent += ours.len();
-                    if let Some(theirs) = &req.graves {
-                        graves::apply(col, theirs, st.server_usn)?;
-                        st.received += theirs.len();
-                    }
-                    Ok(ours)
-                })?;
-                json_reply(&answer)
+                let account = self.account();
+                let mut ours = None;
+                let received = graves::receive_start(
+                    body.decoded()?,
+                    &account,
+                    &mut |start| {
+                        let mut user = slot.lock();
+                        // Before the day's first incoming changes, so they can be undone.
+                        backup::daily(&mut user);
+                        state::begin(&mut user, &header.session, start.min_usn, start.lnewer)?;
+                        let graves = state::step(&mut user, &header.session, |col, st| {
+                            unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
+                            // Ours first: the client's legacy graves must not echo back.
+                            let graves = graves::since(col, st.client_usn)?;
+                            st.sent += graves.len();
+                            Ok(graves)
+                        })?;
+                        ours = Some(graves);
+                        Ok(())
+                    },
+                    &mut |batch| {
+                        state::step(&mut slot.lock(), &header.session, |col, st| {
+                            st.received += batch.len();
+                            graves::apply(col, batch, st.server_usn)
+                        })
+                    },
+                );
+                decoded(received, slot, &header.session)?;
+                json_reply(&ours.unwrap_or_default())
             }
             SyncMethod::ApplyGraves => {
-                let req: ApplyGravesRequest = body.json()?;
-                state::step(&mut slot.lock(), &header.session, |col, st| {
-                    st.received += req.chunk.len();
-                    graves::apply(col, &req.chunk, st.server_usn)
-                })?;
+                let account = self.account();
+                let received = graves::receive(body.decoded()?, &account, &mut |batch| {
+                    state::step(&mut slot.lock(), &header.session, |col, st| {
+                        st.received += batch.len();
+                        graves::apply(col, batch, st.server_usn)
+                    })
+                });
+                decoded(received, slot, &header.session)?;
                 Ok(json_null())
             }
             SyncMethod::ApplyChanges => {
-                let req: ApplyChangesRequest = body.json()?;
+                // Our answer first, so the client never gets its own changes back.
                 let answer = state::step(&mut slot.lock(), &header.session, |col, st| {
-                    st.received += req.changes.len();
-                    let answer = changes::exchange(col, st, req.changes, now_millis() / 1000)?;
+                    let answer = changes::server_changes(col, st)?;
                     st.sent += answer.len();
                     Ok(answer)
                 })?;
+                let now = now_millis() / 1000;
+                let account = self.account();
+                let received = changes::receive(body.decoded()?, &account, &mut |batch| {
+                    state::step(&mut slot.lock(), &header.session, |col, st| {
+                        st.received += batch.iter().filter(|c| c.is_object()).count();
+                        changes::apply(col, st, batch, now)
+                    })
+                });
+                decoded(received, slot, &header.session)?;
                 json_reply(&answer)
             }
             SyncMethod::Chunk => {
@@ -383,11 +410,14 @@ impl Service {
                 json_reply(&chunk)
             }
             SyncMethod::ApplyChunk => {
-                let req: ApplyChunkRequest = body.json()?;
-                state::step(&mut slot.lock(), &header.session, |col, st| {
-                    st.received += req.chunk.len();
-                    chunks::apply(col, st, &req.chunk)
-                })?;
+                let account = self.account();
+                let received = chunks::receive(body.decoded()?, &account, &mut |batch| {
+                    state::step(&mut slot.lock(), &header.session, |col, st| {
+                        st.received += batch.len();
+                        chunks::apply(col, st, batch)
+                    })
+                });
+                decoded(received, slot, &header.session)?;
                 Ok(json_null())
             }
             SyncMethod::SanityCheck2 => {
@@ -415,6 +445,11 @@ impl Service {
                 Err(SyncError::Internal("login is handled before authentication".into()).into())
             }
         }
+    }
+
+    /// A request's account with the memory budget for decoded bodies.
+    fn account(&self) -> Account<'_> {
+        Account::new(&self.budget, budget::LIMITS)
     }
 
     /// Reads a legacy request: the whole multipart form (its `data` part kept
@@ -525,6 +560,27 @@ impl Service {
     }
 }
 
+/// The outcome of decoding a normal-sync body. A body that broke off or was
+/// malformed ends the sync it belonged to, as a failed step does (the
+/// batches applied before it are rolled back with it).
+fn decoded<T>(
+    result: Result<T, DecodeError>,
+    slot: &UserSlot,
+    session: &str,
+) -> Result<T, HandlerError> {
+    result.map_err(|e| {
+        if !matches!(e, DecodeError::Apply(_)) {
+            state::abort_owned(&mut slot.lock(), session);
+        }
+        match e {
+            DecodeError::Body(e) => FramingError::from_body_error(e).into(),
+            DecodeError::Shape(m) => SyncError::BadRequest(format!("request json: {m}")).into(),
+            DecodeError::TooLarge(m) => FramingError::ItemTooLarge(m).into(),
+            DecodeError::Apply(e) => e.into(),
+        }
+    })
+}
+
 /// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
 /// bomb aimed at them cannot grow a huge JSON string in memory.
 const SMALL_JSON_LIMIT: u64 = 1024 * 1024;
@@ -533,6 +589,7 @@ fn carries_small_json(method: SyncMethod) -> bool {
     !matches!(
         method,
         SyncMethod::Upload
+            | SyncMethod::Start
             | SyncMethod::ApplyGraves
             | SyncMethod::ApplyChanges
             | SyncMethod::ApplyChunk
