@@ -522,8 +522,13 @@ fn note_values(
             fields.len()
         )));
     }
-    let sfld = notetext::sort_field(&fields, sort_idx);
-    let csum = notetext::checksum(fields[0]);
+    let first = notetext::strip_html_keeping_media_names(fields[0]);
+    let csum = notetext::checksum_of_stripped(&first);
+    let sfld = if sort_idx == 0 {
+        first
+    } else {
+        notetext::sort_field(&fields, sort_idx)
+    };
     let values = vec![
         id.into(),
         std::mem::take(&mut row.guid).into(),

@@ -69,7 +69,13 @@ fn strip_with_patterns(field: &str) -> String {
 
 /// First 4 bytes of the SHA-1 of the stripped first field, big-endian.
 pub fn checksum(first_field: &str) -> u32 {
-    let digest = Sha1::digest(strip_html_keeping_media_names(first_field).as_bytes());
+    checksum_of_stripped(&strip_html_keeping_media_names(first_field))
+}
+
+/// [`checksum`] of a first field already stripped (when it is also the
+/// sort field, it is stripped once for both).
+pub fn checksum_of_stripped(stripped: &str) -> u32 {
+    let digest = Sha1::digest(stripped.as_bytes());
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
