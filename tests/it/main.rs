@@ -25,6 +25,7 @@ mod operations;
 mod permissions;
 mod powercut;
 mod raw_http;
+mod request_memory;
 mod tls;
 mod uploaded_code;
 mod users;

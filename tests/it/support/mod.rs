@@ -149,7 +149,19 @@ impl Server {
         extra_env: &[(&str, &str)],
         umask: u32,
     ) -> Server {
-        Server::start_with(ServerKind::Ours, users, extra_env, Some(umask))
+        let setup = format!("umask {umask:03o}");
+        Server::start_with(ServerKind::Ours, users, extra_env, Some(&setup))
+    }
+
+    /// Starts our binary with its address space capped at `bytes` (the
+    /// shell's `ulimit -v`, i.e. `RLIMIT_AS`), as `prlimit --as` would.
+    pub fn start_ours_with_address_space(
+        users: &[(&str, &str)],
+        extra_env: &[(&str, &str)],
+        bytes: u64,
+    ) -> Server {
+        let setup = format!("ulimit -v {}", bytes / 1024);
+        Server::start_with(ServerKind::Ours, users, extra_env, Some(&setup))
     }
 
     /// Starts the given kind of server, retrying when another test took the port.
@@ -161,15 +173,16 @@ impl Server {
         Server::start_with(kind, users, extra_env, None)
     }
 
+    /// `setup` is a shell command run before our binary is exec'd.
     fn start_with(
         kind: ServerKind,
         users: &[(&str, &str)],
         extra_env: &[(&str, &str)],
-        umask: Option<u32>,
+        setup: Option<&str>,
     ) -> Server {
         let mut clashes = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Server::try_start(kind, users, extra_env, umask) {
+            match Server::try_start(kind, users, extra_env, setup) {
                 Ok(server) => return server,
                 Err(StartError::PortTaken(log)) => clashes.push(log),
                 Err(StartError::Failed(why)) => panic!("{kind:?} server did not start: {why}"),
@@ -185,18 +198,18 @@ impl Server {
         kind: ServerKind,
         users: &[(&str, &str)],
         extra_env: &[(&str, &str)],
-        umask: Option<u32>,
+        setup: Option<&str>,
     ) -> Result<Server, StartError> {
         let port = free_port();
         let base = TempDir::new().expect("temp SYNC_BASE");
         let log_dir = TempDir::new().expect("temp log dir");
         let log = File::create(log_dir.path().join("server.log")).expect("server log");
-        let mut cmd = match (kind, umask) {
+        let mut cmd = match (kind, setup) {
             (ServerKind::Ours, None) => Command::new(our_binary()),
-            (ServerKind::Ours, Some(mask)) => {
+            (ServerKind::Ours, Some(setup)) => {
                 // `exec` keeps the process id: the server is still our child.
                 let mut cmd = Command::new("sh");
-                cmd.args(["-c", &format!("umask {mask:03o} && exec \"$0\"")])
+                cmd.args(["-c", &format!("{setup} && exec \"$0\"")])
                     .arg(our_binary());
                 cmd
             }
