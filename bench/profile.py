@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,11 @@ def wrapped(tool: str, command: list[str], out: Path) -> list[str]:
         # run at near-native speed, and the counts hold only the syncs.
         return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={out}", "--dump-instr=no", *command]
+    if tool == "perf":
+        # Sampling on the CPU clock (a VM has no hardware counters), kernel
+        # included; disabled until the window opens through the control fifo.
+        return ["perf", "record", "-e", "cpu-clock", "-F", "20000", "-g", "-D", "-1",
+                "--control", f"fifo:{out}.ctl,{out}.ack", "-o", str(out), "--", *command]
     if tool == "strace":
         # From the start, not attached later: attaching interrupts blocked
         # socket reads (EINTR), which can cost the client a request.
@@ -60,8 +67,15 @@ def wrapped(tool: str, command: list[str], out: Path) -> list[str]:
 class Window:
     """Opens and closes the measured window around each measured sync."""
 
-    def __init__(self, tool: str, server: Server) -> None:
-        self.tool, self.server = tool, server
+    def __init__(self, tool: str, server: Server, out: Path) -> None:
+        self.tool, self.server, self.out = tool, server, out
+
+    def perf_control(self, command: str) -> None:
+        """Tells `perf record` to enable or disable sampling; waits for its ack."""
+        with open(f"{self.out}.ctl", "w") as ctl:
+            ctl.write(command + "\n")
+        with open(f"{self.out}.ack") as ack:
+            ack.readline()
 
     def control(self, command: str) -> None:
         """Runs a callgrind monitor command (`instrumentation on`, `dump`).
@@ -87,6 +101,8 @@ class Window:
             self.control("instrumentation on")
         elif self.tool == "strace":
             bench.mark(self.server, OPEN_MARK)
+        elif self.tool == "perf":
+            self.perf_control("enable")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,6 +110,8 @@ class Window:
             self.control("instrumentation off")
         elif self.tool == "strace":
             bench.mark(self.server, CLOSE_MARK)
+        elif self.tool == "perf":
+            self.perf_control("disable")
 
 
 CALL = re.compile(r"^\d+ +[\d:.]+ (?:<\.\.\. )?([a-z_0-9]+)(\(| resumed>)")
@@ -141,7 +159,7 @@ def cpu_split(pid: int) -> tuple[float, float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=bench.KINDS, required=True)
-    parser.add_argument("--tool", choices=("callgrind", "strace", "cpu"), required=True)
+    parser.add_argument("--tool", choices=("callgrind", "strace", "perf", "cpu"), required=True)
     parser.add_argument("--workload", choices=WORKLOADS, required=True,
                         help="one-note: A edits one note; new-notes: A adds --new notes; "
                         f"rounds: A adds {ROUND_ADDS} and edits {ROUND_EDITS}")
@@ -162,6 +180,9 @@ def main() -> int:
     commands = {"ours": [args.binary],
                 "official": [sys.executable, "-m", "anki.syncserver"]}
     commands = {k: wrapped(args.tool, c, out) for k, c in commands.items()}
+    if args.tool == "perf":
+        for fifo in (f"{out}.ctl", f"{out}.ack"):
+            os.mkfifo(fifo)
     if args.tool == "callgrind":
         bench.HEALTH_TIMEOUT = VALGRIND_HEALTH_TIMEOUT
 
@@ -187,7 +208,7 @@ def main() -> int:
                 sync_worker.change_round(a, nids, i, "profile", ROUND_ADDS, ROUND_EDITS)
 
         try:
-            window = Window(args.tool, server)
+            window = Window(args.tool, server, out)
             walls, cpus, syncs = [], [], 0
             user0, sys0, faults0 = cpu_split(server.pid)
             for i in range(args.count):
@@ -209,6 +230,10 @@ def main() -> int:
         if args.tool == "callgrind":
             window.control("dump")
             time.sleep(1)
+        if args.tool == "perf":
+            # perf finishes its file on SIGINT; SIGKILL (stop_all) would not let it.
+            server.proc.send_signal(signal.SIGINT)
+            server.proc.wait(timeout=60)
     finally:
         runner.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -224,6 +249,10 @@ def main() -> int:
     if args.tool == "callgrind":
         dumps = sorted(out_dir.glob(out.name + "*"))
         summary["callgrind"] = [str(p) for p in dumps]
+    if args.tool == "perf":
+        for fifo in (f"{out}.ctl", f"{out}.ack"):
+            os.unlink(fifo)
+        summary["perf"] = str(out)
     if args.tool == "strace":
         counts, seconds = strace_windows(out)
         summary["strace"] = str(out)
