@@ -242,3 +242,29 @@ fn sync_user_names_that_user_add_refuses_stop_the_start_up() {
         assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0, "{name:?}");
     }
 }
+
+/// The README's systemd advice: root runs `user add --base` on the folder of
+/// a service that runs as another account (systemd's dynamic user), and the
+/// file gets that account, so the service can read it. Needs root to give
+/// the folder away; skipped with a message otherwise.
+#[test]
+fn user_add_run_as_root_gives_the_users_file_the_data_folders_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let base = tempfile::tempdir().unwrap();
+    let probe = base.path().join("probe");
+    fs::write(&probe, "").unwrap();
+    if fs::metadata(&probe).unwrap().uid() != 0 {
+        eprintln!("skipped: needs root to give the data folder to another account");
+        return;
+    }
+    fs::remove_file(&probe).unwrap();
+    // 61234: an account that need not exist, as a dynamic user's may not.
+    std::os::unix::fs::chown(base.path(), Some(61234), Some(61235)).unwrap();
+    cli(base.path(), &["user", "add", "alice"], "secret\n");
+    let meta = fs::metadata(base.path().join("users.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (61234, 61235));
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    cli(base.path(), &["user", "passwd", "alice"], "other\n");
+    let meta = fs::metadata(base.path().join("users.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (61234, 61235));
+}
