@@ -30,6 +30,7 @@ use log::{info, warn};
 
 use crate::collection::full;
 use crate::storage;
+use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
 use crate::user::{UserState, now_millis};
 
 /// Folder in each user's folder; the official server uses no such name.
@@ -46,7 +47,6 @@ const SUFFIX: &str = ".anki2.zst";
 const PENDING: &str = "restore-pending.anki2";
 /// Temporary files older than this in `backups/` are leftovers of a crash.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
-const DAY_SECS: i64 = 86_400;
 
 /// How many backups to keep per user (`SYNC_BACKUPS`); set once at start-up,
 /// read by the hooks in the sync paths. 0 disables backups.
@@ -468,31 +468,6 @@ fn display_time(secs: i64) -> String {
         &time[2..4],
         &time[4..]
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -139,9 +139,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     tune_allocator();
     // Users may also come from the users file: `LiveUsers` checks there is one.
     let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
-    simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .init()
+    anki_sync_lite::logger::init(config.log_level)
         .map_err(|e| format!("starting the logger: {e}"))?;
     let users = LiveUsers::load(config.users.clone(), config.passwords_hashed, &config.base)?;
     backup::set_keep(config.backups);

@@ -18,6 +18,7 @@ mod legacy_raw;
 mod legacy_storage;
 mod legacy_sync;
 mod load;
+mod logs;
 mod media_raw;
 mod media_sync;
 mod normal_sync;
