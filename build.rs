@@ -1,4 +1,5 @@
-//! Generates the Rust types for the protobuf blobs stored in a collection.
+//! Generates the Rust types for the protobuf blobs stored in a collection,
+//! and for the two messages of a collection package (`backup export`).
 //!
 //! The `.proto` files under `proto/` are compiled with `protox`, a pure-Rust
 //! protobuf compiler, instead of the usual system `protoc`: the server is
@@ -10,10 +11,11 @@
 
 use std::error::Error;
 
-const PROTO_FILES: [&str; 3] = [
+const PROTO_FILES: [&str; 4] = [
     "proto/anki/notetypes.proto",
     "proto/anki/decks.proto",
     "proto/anki/deck_config.proto",
+    "proto/anki/import_export.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod budget;
 pub mod cli;
 pub mod collection;
+pub mod colpkg;
 pub mod config;
 pub mod fsutil;
 pub mod http;

@@ -8,9 +8,12 @@
 //! after at most one byte too many. Stored and Deflate are supported, as the
 //! official client and server; no zip64, no encryption.
 //!
-//! Writing: download zips use Stored entries written straight from the
-//! source file; the CRC and sizes are patched into the local header after
-//! the data, so nothing is read twice or held in memory.
+//! Writing: download zips (and collection packages, `crate::colpkg`) use
+//! Stored entries written straight from the source; the CRC and sizes are
+//! patched into the local header after the data, so nothing is read twice
+//! or held in memory. An archive past 4 GiB or 65 535 entries (a package
+//! with a big media folder) gets zip64 offsets and end records; a single
+//! entry must stay under 4 GiB (media files are at most 100 MiB).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -297,11 +300,24 @@ pub struct ZipWriter<W> {
     out: W,
     offset: u64,
     central: Vec<u8>,
-    count: u16,
+    count: u64,
+    /// Offsets and counts from here on need zip64 (lowered by tests).
+    zip64_offset: u64,
+    zip64_count: u64,
 }
 
+const ZIP64_EXTRA: u16 = 0x0001;
+const ZIP64_END_SIG: u32 = 0x0606_4b50;
+const ZIP64_LOCATOR_SIG: u32 = 0x0706_4b50;
+/// "Version needed" for a zip64 record: 4.5.
+const ZIP64_VERSION: u16 = 45;
+
+/// An entry's size: below 4 GiB (0xFFFFFFFF would mean "see zip64").
 fn small(value: u64, what: &str) -> io::Result<u32> {
-    u32::try_from(value).map_err(|_| io::Error::other(format!("{what} needs zip64")))
+    u32::try_from(value)
+        .ok()
+        .filter(|&v| v != u32::MAX)
+        .ok_or_else(|| io::Error::other(format!("{what} of 4 GiB or more")))
 }
 
 impl<W: Write + Seek> ZipWriter<W> {
@@ -312,17 +328,30 @@ impl<W: Write + Seek> ZipWriter<W> {
             offset: 0,
             central: Vec::new(),
             count: 0,
+            zip64_offset: u64::from(u32::MAX),
+            zip64_count: u64::from(u16::MAX),
         }
+    }
+
+    /// Entries in the archive so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Uses zip64 from these lower offsets and counts, so tests can reach
+    /// it without writing 4 GiB.
+    #[cfg(test)]
+    fn zip64_from(mut self, offset: u64, count: u64) -> Self {
+        self.zip64_offset = offset;
+        self.zip64_count = count;
+        self
     }
 
     /// Copies `data` into a new Stored entry; returns its size.
     pub fn add(&mut self, name: &str, data: &mut dyn Read) -> io::Result<u64> {
-        let header_offset = small(self.offset, "zip")?;
+        let header_offset = self.offset;
         let name_len = u16::try_from(name.len()).map_err(io::Error::other)?;
-        self.count = self
-            .count
-            .checked_add(1)
-            .ok_or_else(|| io::Error::other("too many zip entries"))?;
+        self.count += 1;
         let mut local = Vec::with_capacity(LOCAL_LEN as usize + name.len());
         local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
         local.extend_from_slice(&10u16.to_le_bytes()); // version needed: 1.0
@@ -355,45 +384,84 @@ impl<W: Write + Seek> ZipWriter<W> {
         patch[..4].copy_from_slice(&crc.sum().to_le_bytes());
         patch[4..8].copy_from_slice(&size32.to_le_bytes());
         patch[8..].copy_from_slice(&size32.to_le_bytes());
-        self.out
-            .seek(SeekFrom::Start(u64::from(header_offset) + 14))?;
+        self.out.seek(SeekFrom::Start(header_offset + 14))?;
         self.out.write_all(&patch)?;
         self.offset += local.len() as u64 + size;
         self.out.seek(SeekFrom::Start(self.offset))?;
 
+        // Past the zip64 line, the offset moves into a zip64 extra field.
+        let far = header_offset >= self.zip64_offset;
+        let (version, extra_len, offset32) = match far {
+            true => (ZIP64_VERSION, 12u16, u32::MAX),
+            false => (10, 0, header_offset as u32),
+        };
         let c = &mut self.central;
         c.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
         c.extend_from_slice(&0x031Eu16.to_le_bytes()); // made by: Unix, 3.0
-        c.extend_from_slice(&10u16.to_le_bytes());
+        c.extend_from_slice(&version.to_le_bytes());
         c.extend_from_slice(&0u16.to_le_bytes());
         c.extend_from_slice(&STORED.to_le_bytes());
         c.extend_from_slice(&0u16.to_le_bytes());
         c.extend_from_slice(&DOS_DATE.to_le_bytes());
         c.extend_from_slice(&patch);
         c.extend_from_slice(&name_len.to_le_bytes());
-        c.extend_from_slice(&[0u8; 8]); // extra, comment, disk, internal attributes
+        c.extend_from_slice(&extra_len.to_le_bytes());
+        c.extend_from_slice(&[0u8; 6]); // comment, disk, internal attributes
         c.extend_from_slice(&(0o100644u32 << 16).to_le_bytes());
-        c.extend_from_slice(&header_offset.to_le_bytes());
+        c.extend_from_slice(&offset32.to_le_bytes());
         c.extend_from_slice(name.as_bytes());
+        if far {
+            c.extend_from_slice(&ZIP64_EXTRA.to_le_bytes());
+            c.extend_from_slice(&8u16.to_le_bytes());
+            c.extend_from_slice(&header_offset.to_le_bytes());
+        }
         Ok(size)
     }
 
     /// Writes the central directory; returns the sink and the zip's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        let central_offset = small(self.offset, "zip")?;
-        let central_len = small(self.central.len() as u64, "zip")?;
+        let central_offset = self.offset;
+        let central_len = self.central.len() as u64;
         self.out.write_all(&self.central)?;
-        let mut end = Vec::with_capacity(END_LEN);
+        let mut end = Vec::with_capacity(56 + 20 + END_LEN);
+        let zip64 = self.count >= self.zip64_count
+            || central_offset >= self.zip64_offset
+            || central_len >= u64::from(u32::MAX);
+        if zip64 {
+            let record_offset = central_offset + central_len;
+            end.extend_from_slice(&ZIP64_END_SIG.to_le_bytes());
+            end.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
+            end.extend_from_slice(&0x031Eu16.to_le_bytes());
+            end.extend_from_slice(&ZIP64_VERSION.to_le_bytes());
+            end.extend_from_slice(&[0u8; 8]); // disk numbers
+            end.extend_from_slice(&self.count.to_le_bytes());
+            end.extend_from_slice(&self.count.to_le_bytes());
+            end.extend_from_slice(&central_len.to_le_bytes());
+            end.extend_from_slice(&central_offset.to_le_bytes());
+            end.extend_from_slice(&ZIP64_LOCATOR_SIG.to_le_bytes());
+            end.extend_from_slice(&0u32.to_le_bytes()); // disk
+            end.extend_from_slice(&record_offset.to_le_bytes());
+            end.extend_from_slice(&1u32.to_le_bytes()); // disks
+        }
+        // The classic record, its fields saturated when zip64 holds them.
+        let count16 = u16::try_from(self.count)
+            .ok()
+            .filter(|_| !zip64)
+            .unwrap_or(u16::MAX);
+        let saturate = |v: u64| match zip64 {
+            true => u32::MAX,
+            false => v as u32,
+        };
         end.extend_from_slice(&END_SIG.to_le_bytes());
         end.extend_from_slice(&[0u8; 4]); // disk numbers
-        end.extend_from_slice(&self.count.to_le_bytes());
-        end.extend_from_slice(&self.count.to_le_bytes());
-        end.extend_from_slice(&central_len.to_le_bytes());
-        end.extend_from_slice(&central_offset.to_le_bytes());
+        end.extend_from_slice(&count16.to_le_bytes());
+        end.extend_from_slice(&count16.to_le_bytes());
+        end.extend_from_slice(&saturate(central_len).to_le_bytes());
+        end.extend_from_slice(&saturate(central_offset).to_le_bytes());
         end.extend_from_slice(&0u16.to_le_bytes()); // comment
         self.out.write_all(&end)?;
         self.out.flush()?;
-        let len = self.offset + self.central.len() as u64 + END_LEN as u64;
+        let len = central_offset + central_len + end.len() as u64;
         Ok((self.out, len))
     }
 }
@@ -607,5 +675,53 @@ pub(crate) mod tests {
         // The local header carries the real CRC and sizes (no descriptor).
         assert_eq!(u32_at(&bytes, 18), 12);
         assert_eq!(u32_at(&bytes, 22), 12);
+    }
+
+    /// Python's `zipfile` (an independent reader, as the `zip` crate in
+    /// Anki is) lists and checks an archive: `name offset size` per entry.
+    fn python_listing(zip: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.zip");
+        std::fs::write(&path, zip).unwrap();
+        let script = "import sys, zipfile\n\
+                      z = zipfile.ZipFile(sys.argv[1])\n\
+                      assert z.testzip() is None\n\
+                      for i in z.infolist(): print(i.filename, i.header_offset, i.file_size)";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .output()
+            .expect("python3 (the real-client tests need it too)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn zip64_offsets_and_counts_read_back() {
+        for (offset, count) in [(u64::from(u32::MAX), u64::from(u16::MAX)), (100, 3), (0, 1)] {
+            let mut writer = ZipWriter::new(Cursor::new(Vec::new())).zip64_from(offset, count);
+            let mut want = String::new();
+            let mut at = 0;
+            for i in 0..5u8 {
+                let data = [i; 60];
+                let name = format!("entry{i}");
+                writer.add(&name, &mut &data[..]).unwrap();
+                want.push_str(&format!("{name} {at} 60\n"));
+                at += 30 + name.len() + 60;
+            }
+            let (out, len) = writer.finish().unwrap();
+            let bytes = out.into_inner();
+            assert_eq!(bytes.len() as u64, len);
+            assert_eq!(python_listing(&bytes), want, "zip64 from {offset}/{count}");
+            let zip64 = offset < 300 || count <= 5;
+            assert_eq!(
+                bytes.windows(4).any(|w| w == ZIP64_END_SIG.to_le_bytes()),
+                zip64
+            );
+        }
     }
 }

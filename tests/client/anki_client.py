@@ -22,6 +22,7 @@ Subcommands:
     media-remove --path P --name N ...   trash media files
     media-sync --path P --endpoint .. --user .. --password .. [--with-collection]
     media-list --path P                  {name: sha1} of the media folder
+    import-colpkg --path P --package F   replace P with a collection package, as File > Import does
     schema11-dump --path P               library schema-11 JSON + raw rows of notetypes/decks/presets
 """
 
@@ -36,8 +37,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from anki._backend import RustBackend
 from anki.collection import AddNoteRequest, Collection
 from anki.errors import SyncError
+from anki.media import media_paths_from_col_path
 from anki.scheduler_pb2 import CardAnswer
 from anki.sync_pb2 import SyncCollectionResponse
 from driver_common import (
@@ -559,6 +562,18 @@ def cmd_media_list(args: argparse.Namespace) -> Any:
     return media_listing(with_collection(args.path, lambda col: col.media.dir()))
 
 
+def cmd_import_colpkg(args: argparse.Namespace) -> Any:
+    """Imports a collection package the way the desktop app's File > Import
+    does (its backend call, with the collection closed): the collection at
+    --path is replaced and the package's media join its media folder. Prints
+    the table counts of the result."""
+    media_folder, media_db = media_paths_from_col_path(args.path)
+    RustBackend().import_collection_package(
+        col_path=args.path, backup_path=args.package, media_folder=media_folder, media_db=media_db
+    )
+    return with_collection(args.path, table_counts)
+
+
 def add_media_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("media-add", cmd_media_add)
     p.add_argument("--src", required=True, help="folder whose files are added")
@@ -567,6 +582,8 @@ def add_media_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("media-sync", cmd_media_sync, server=True)
     p.add_argument("--with-collection", action="store_true")
     command("media-list", cmd_media_list)
+    p = command("import-colpkg", cmd_import_colpkg)
+    p.add_argument("--package", required=True)
 
 
 # ---------------------------------------------------------------- main
