@@ -30,8 +30,8 @@ use log::{info, warn};
 
 use crate::collection::full;
 use crate::storage;
-use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
 use crate::user::{UserState, now_millis};
+use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
 
 /// Folder in each user's folder; the official server uses no such name.
 pub const DIR: &str = "backups";
@@ -361,7 +361,7 @@ pub fn user_dir(base: &Path, user: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup, String> {
+pub fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup, String> {
     let found = match id {
         None => backups.first(),
         Some(id) => match id.parse::<usize>() {
@@ -381,7 +381,7 @@ fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup, St
 pub fn print_list(user_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
     let backups = list(user_dir)?;
     if backups.is_empty() {
-        writeln!(out, "no backups in {}", backups_dir(user_dir).display())?;
+        writeln!(out, "no backups yet in {}", backups_dir(user_dir).display())?;
     } else {
         writeln!(
             out,
@@ -409,7 +409,7 @@ pub fn print_list(user_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     if bytes >= 1024 * 1024 {
         format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
     } else {

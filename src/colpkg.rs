@@ -3,7 +3,7 @@
 //! AnkiDroid open with their normal Import, optionally with the user's media.
 //!
 //! The package is the current format (version 3), which Anki 2.1.50 and
-//! later and AnkiDroid 2.16 and later read: a zip of Stored entries holding
+//! later and AnkiDroid 2.17 and later read: a zip of Stored entries holding
 //! - `meta`: the package version (protobuf, not compressed);
 //! - `collection.anki21b`: the schema-18 SQLite file, zstd-compressed;
 //! - `0`, `1`, …: the media files, each zstd-compressed;

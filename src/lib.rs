@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod backup_cli;
 pub mod budget;
 pub mod cli;
 pub mod collection;

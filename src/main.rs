@@ -13,12 +13,13 @@ use std::time::Duration;
 use anki_sync_lite::auth::live::LiveUsers;
 use anki_sync_lite::auth::manage;
 use anki_sync_lite::backup;
+use anki_sync_lite::backup_cli;
 use anki_sync_lite::budget::{self, MemoryBudget};
 use anki_sync_lite::cli::{self, Command};
 use anki_sync_lite::config::Config;
 use anki_sync_lite::http::{self, Service};
 use anki_sync_lite::migrate;
-use anki_sync_lite::user::{UserStore, now_millis};
+use anki_sync_lite::user::UserStore;
 
 fn main() -> ExitCode {
     // Before any command creates a file: user data is private.
@@ -29,8 +30,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match command {
-        Command::Help => {
-            print!("{}", cli::USAGE);
+        Command::Help(topic) => {
+            print!("{}", cli::help(topic));
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -53,42 +54,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::BackupList { user } => backup_command(&env, &user, None),
-        Command::BackupRestore { user, id } => backup_command(&env, &user, Some(id.as_deref())),
-    }
-}
-
-/// `backup list USER` (`restore: None`) and `backup restore USER [ID]`.
-fn backup_command(
-    env: &HashMap<String, String>,
-    user: &str,
-    restore: Option<Option<&str>>,
-) -> ExitCode {
-    let config = match Config::from_env(env, false) {
-        Ok(config) => config,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let dir = match backup::user_dir(&config.base, user) {
-        Ok(dir) => dir,
-        Err(e) => return fail(&e),
-    };
-    let Some(id) = restore else {
-        return match backup::print_list(&dir, &mut std::io::stdout().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&format!("listing the backups of {user}: {e}")),
-        };
-    };
-    match backup::stage_restore(&dir, id, now_millis()) {
-        Ok(chosen) => {
-            println!(
-                "staged {} to replace {user}'s collection: the server applies it at the \
-                 user's next sync (or when it is started), after backing up the current \
-                 collection; devices are then asked to full-sync: choose Download",
-                chosen.file
-            );
-            ExitCode::SUCCESS
+        Command::Backup(command) => {
+            match backup_cli::run(&env, &command, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
         }
-        Err(e) => fail(&e),
     }
 }
 

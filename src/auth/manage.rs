@@ -128,6 +128,16 @@ pub fn run(
                 .map(|(n, _)| n.chars().count())
                 .max()
                 .unwrap_or(0);
+            if rows.is_empty() {
+                report(
+                    out,
+                    format!(
+                        "no users yet in {}: add one with `anki-sync-lite user add NAME`, \
+                         or set SYNC_USER1=name:password in the server's environment",
+                        base.display()
+                    ),
+                )?;
+            }
             for (name, source) in rows {
                 writeln!(out, "{name:width$}  {source}").map_err(|e| e.to_string())?;
             }
@@ -317,6 +327,11 @@ mod tests {
         );
         assert!(!base.join("carol").exists());
         assert_eq!(UsersFile::load(&path).unwrap().users().count(), 0);
+        // With nobody left, `list` says how to add someone.
+        let none = self::env(base, &[]);
+        let out = run_ok(&none, AccountCommand::List);
+        assert!(out.starts_with("no users yet in "), "{out}");
+        assert!(out.contains("anki-sync-lite user add NAME"), "{out}");
 
         let mut sink = Vec::new();
         for (command, needle) in [

@@ -1,10 +1,16 @@
 //! Backups with undo (issue 7) with the real client: a wrong full upload is
 //! undone by `backup restore`, normal syncs back up at most once a day, and
-//! `SYNC_BACKUPS` bounds (or turns off) what is kept.
+//! `SYNC_BACKUPS` bounds (or turns off) what is kept. Backups people can open
+//! (issue 17): `backup export` writes collection packages that the real
+//! client imports as File > Import does, holding what a device downloads.
+//!
+//! Our server only: the official one has no backups.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::support::data::noise;
+use crate::support::dumps::assert_same;
 use crate::support::{Account, Server, client_ok, our_binary};
 use serde_json::Value;
 
@@ -202,4 +208,134 @@ fn sync_backups_bounds_what_is_kept() {
         // Three uploads replaced a collection with notes.
         assert_eq!(backup_files(&server).len(), want, "SYNC_BACKUPS={keep}");
     }
+}
+
+/// `client_ok` on a collection: `COMMAND --path PATH EXTRA...`.
+fn on(path: &Path, command: &str, extra: &[&str]) -> Value {
+    let mut args = vec![command, "--path", path_str(path)];
+    args.extend(extra);
+    client_ok(&args)
+}
+
+#[test]
+fn exported_packages_import_into_the_real_client_with_their_media() {
+    let server = Server::start_ours(&[("user", "pass")], &[]);
+    let user = account(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (a, b) = (path("a.anki2"), path("b.anki2"));
+
+    // Device A: a collection with media, uploaded, and its media synced.
+    make(&a, 300, 4);
+    let src = path("src");
+    std::fs::create_dir(&src).unwrap();
+    let files = [
+        ("photo.jpg", noise(1, 200_000)),
+        ("日本語 音声.mp3", noise(2, 30_000)),
+        ("diagram (2).png", noise(3, 5)),
+    ];
+    for (name, data) in &files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+    on(&a, "media-add", &["--src", path_str(&src)]);
+    assert_eq!(user.sync(&a), "FULL_UPLOAD");
+    user.run("full-upload", Some(&a)).unwrap();
+    user.run("media-sync", Some(&a)).unwrap();
+    let uploaded = dump_without_scm(&a);
+
+    // A normal sync with new notes: the day's backup keeps the uploaded state.
+    on(&a, "add-notes", &["--notes", "7", "--seed", "9"]);
+    let required = user.sync(&a);
+    assert!(["NO_CHANGES", "NORMAL_SYNC"].contains(&required.as_str()));
+    assert_eq!(listed_reasons(&server), ["daily"]);
+    // B downloads what the server holds now.
+    assert_eq!(user.sync(&b), "FULL_DOWNLOAD");
+    user.run("full-download", Some(&b)).unwrap();
+
+    // The live collection with its media, while the server runs.
+    let live = path("live.colpkg");
+    let out = cli_ok(
+        &server,
+        &["backup", "export", "user", path_str(&live), "--media"],
+    );
+    assert!(
+        out.contains("307 notes") && out.contains("3 media files"),
+        "{out}"
+    );
+    let x = path("x.anki2");
+    let counts = on(&x, "import-colpkg", &["--package", path_str(&live)]);
+    assert_eq!(counts["notes"], 307, "{counts}");
+    assert_same(&dump_without_scm(&x), &dump_without_scm(&b));
+    let media = on(&x, "media-list", &[]);
+    assert_eq!(media, on(&a, "media-list", &[]));
+    assert_eq!(media.as_object().unwrap().len(), files.len(), "{media}");
+
+    // A listed backup (ID 1), without media.
+    let old = path("old.colpkg");
+    let out = cli_ok(&server, &["backup", "export", "user", "1", path_str(&old)]);
+    assert!(
+        out.contains("300 notes") && out.contains("-daily."),
+        "{out}"
+    );
+    let y = path("y.anki2");
+    on(&y, "import-colpkg", &["--package", path_str(&old)]);
+    assert_same(&dump_without_scm(&y), &uploaded);
+    assert_eq!(on(&y, "media-list", &[]), serde_json::json!({}));
+
+    // Refusals leave nothing behind.
+    let (ok, _, err) = cli(&server, &["backup", "export", "user", "9", "z.colpkg"]);
+    assert!(!ok && err.contains("no backup \"9\""), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "scratch files left: {names:?}");
+}
+
+/// Run as root on the folder of a service that runs as another account,
+/// `backup export` leaves nothing there that the service could not open
+/// (SQLite's `-shm` beside the live collection takes the file's owner).
+/// Needs root; skipped with a message otherwise.
+#[test]
+fn export_run_as_root_leaves_the_service_its_files() {
+    use std::os::unix::fs::MetadataExt;
+    let mut server = Server::start_ours(&[("user", "pass")], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    if std::fs::metadata(dir.path()).unwrap().uid() != 0 {
+        eprintln!("skipped: needs root to give the data folder to another account");
+        return;
+    }
+    let a = dir.path().join("a.anki2");
+    make(&a, 20, 6);
+    let user = account(&server);
+    user.sync(&a);
+    user.run("full-upload", Some(&a)).unwrap();
+    // Stopped, the server has closed the collection: no -wal or -shm.
+    server.terminate().expect("server stops");
+    let folder = server.base_dir().join("user");
+    let chown = Command::new("chown")
+        .args(["-R", "61234:61235"])
+        .arg(&folder)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = dir.path().join("out.colpkg");
+    cli_ok(
+        &server,
+        &["backup", "export", "user", path_str(&out), "--media"],
+    );
+    let mut stack = vec![folder];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), 61234, "{} is not the service's", path.display());
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    let y = dir.path().join("y.anki2");
+    assert_eq!(
+        on(&y, "import-colpkg", &["--package", path_str(&out)])["notes"],
+        20
+    );
 }

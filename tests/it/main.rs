@@ -9,6 +9,7 @@ mod support;
 
 mod backups;
 mod blob_roundtrip;
+mod cli;
 mod crash_safety;
 mod disk_full;
 mod full_sync;
