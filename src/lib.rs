@@ -14,6 +14,7 @@ pub mod collection;
 pub mod colpkg;
 pub mod config;
 pub mod fsutil;
+pub mod healthcheck;
 pub mod http;
 pub mod logger;
 pub mod media;

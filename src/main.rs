@@ -2,13 +2,11 @@
 //! every start-up problem into one clear message and exit status 1.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anki_sync_lite::auth::live::LiveUsers;
 use anki_sync_lite::auth::manage;
@@ -17,6 +15,7 @@ use anki_sync_lite::backup_cli;
 use anki_sync_lite::budget::{self, MemoryBudget};
 use anki_sync_lite::cli::{self, Command};
 use anki_sync_lite::config::Config;
+use anki_sync_lite::healthcheck;
 use anki_sync_lite::http::{self, Service};
 use anki_sync_lite::migrate;
 use anki_sync_lite::user::UserStore;
@@ -39,8 +38,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck => match Config::from_env(&env, false) {
-            Ok(config) if healthcheck(&config) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::FAILURE,
+            Ok(config) => match healthcheck::check(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("unhealthy: {e}")),
+            },
             Err(e) => fail(&e.to_string()),
         },
         Command::Serve => match serve(&env) {
@@ -137,29 +138,4 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
     };
     http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
-}
-
-/// Asks the configured address for `/health`; true on a 200.
-fn healthcheck(config: &Config) -> bool {
-    let host = match config.host {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-        ip => ip,
-    };
-    let addr = SocketAddr::new(host, config.port);
-    let timeout = Duration::from_secs(5);
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = format!(
-        "GET {}health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-        config.base_path
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }

@@ -205,3 +205,83 @@ fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
     let login = user.run("login", None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(login["hkey"], "b2619aa1529dfdc4248e6edbf3c1b2a2b014cf6d");
 }
+
+/// Issue 17: `--healthcheck` in the server's own environment speaks HTTPS
+/// to a server with built-in HTTPS (as in a container image built with
+/// `tls`), for either TLS version the server offers, and accepts only the
+/// certificate of `SYNC_TLS_CERT`.
+#[test]
+fn healthcheck_speaks_https_to_a_server_with_built_in_https() {
+    let certs = TempDir::new().unwrap();
+    if !make_certificates(certs.path()) {
+        eprintln!(
+            "SKIPPED: the `openssl` command is not installed (needed to make test certificates)"
+        );
+        return;
+    }
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    // A certificate of some other server, for the same key type.
+    assert!(openssl(
+        certs.path(),
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "other-key.pem",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=other",
+        ]
+    ));
+    let other = certs.path().join("other.pem");
+    for versions in ["1.2", "1.3", "1.2,1.3"] {
+        let env = [
+            ("SYNC_TLS_CERT", path_str(&cert)),
+            ("SYNC_TLS_KEY", path_str(&key)),
+            ("SYNC_TLS_VERSIONS", versions),
+        ];
+        let server = Server::start_ours(&[("user", "pass")], &env);
+        let port = server.port().to_string();
+        // As in a container: SYNC_HOST=0.0.0.0, checked through loopback.
+        let check = |cert_file: Option<&Path>| {
+            let mut cmd = Command::new(crate::support::our_binary());
+            cmd.env_clear()
+                .env("SYNC_BASE", certs.path())
+                .env("SYNC_HOST", "0.0.0.0")
+                .env("SYNC_PORT", &port)
+                .env("SYNC_TLS_VERSIONS", versions)
+                .arg("--healthcheck");
+            if let Some(cert_file) = cert_file {
+                cmd.env("SYNC_TLS_CERT", cert_file)
+                    .env("SYNC_TLS_KEY", &key);
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        assert_eq!(
+            check(Some(&cert)),
+            (Some(0), String::new()),
+            "TLS {versions}"
+        );
+        // Plain HTTP cannot talk to it (what the check did before).
+        assert_eq!(check(None).0, Some(1), "TLS {versions}");
+        let (code, err) = check(Some(&other));
+        assert_eq!(code, Some(1));
+        assert!(err.contains("not the one in SYNC_TLS_CERT"), "{err}");
+        drop(server);
+        let (code, err) = check(Some(&cert));
+        assert_eq!(code, Some(1));
+        assert!(err.contains("unhealthy: no server answers"), "{err}");
+    }
+}
