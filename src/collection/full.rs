@@ -142,14 +142,12 @@ fn check_collection(conn: &Connection, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("no collection in the file: {e}"))?;
     match ver {
         SCHEMA_VERSION => Ok(()),
-        // Legacy clients downgrade to 11 before uploading. The temp file is
-        // private to this request, so upgrading it in place is atomic with
-        // the later rename.
-        11 => storage::legacy::upgrade_to_schema18(conn)
-            .map_err(|e| format!("upgrading a schema-11 upload: {e}")),
-        14..=17 => Err(format!(
-            "schema {ver} uploads are not supported (clients downgrade to 11 before uploading)"
-        )),
+        // Legacy clients downgrade to 11 before uploading; no client sends
+        // 14 to 17, but the official server takes them, so we do. The temp
+        // file is private to this request, so upgrading it in place is
+        // atomic with the later rename.
+        11 | 14..=17 => storage::legacy::upgrade_to_schema18(conn)
+            .map_err(|e| format!("upgrading a schema-{ver} upload: {e}")),
         other => Err(format!("unsupported schema version {other}")),
     }
 }
@@ -324,8 +322,8 @@ mod tests {
             .unwrap();
         assert_eq!(decks, 1);
 
-        // Schemas 12-17 stay refused, also when the rest would upgrade.
-        for ver in [12, 13, 14, 17, 19] {
+        // Schemas 12, 13 and beyond 18 stay refused, also when the rest would upgrade.
+        for ver in [12, 13, 19] {
             let c = storage::open(&legacy).unwrap();
             c.execute("update col set ver = ?", [ver]).unwrap();
             drop(c);

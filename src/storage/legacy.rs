@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use unicase::UniCase;
 use unicode_normalization::UnicodeNormalization;
@@ -324,36 +324,123 @@ fn tags_as_json(conn: &Connection) -> Result<Map<String, Value>> {
 /// are normalised; a notetype keyed 0 gets a random id; starting eases ≤ 1.3
 /// are reset to 2.5 with the matching card repair. Every object this
 /// changes gets the collection's `col.usn` (never −1, which the server-side
-/// sanity check would reject) and the current time. Schemas 14–17 are
-/// refused: no client uploads them (they all downgrade to 11 first).
+/// sanity check would reject) and the current time. Schemas 14 to 17 (which
+/// no client uploads: they all downgrade to 11 first) take the remaining
+/// steps of the library's upgrade.
 pub fn upgrade_to_schema18(conn: &Connection) -> Result<()> {
     let ver = super::schema_version(conn)?;
-    if ver != 11 {
+    if !matches!(ver, 11 | 14..=17) {
         return Err(LegacyError::Invalid(format!(
-            "can only upgrade schema 11, found schema {ver}"
+            "can only upgrade schemas 11 and 14 to 17, found schema {ver}"
         )));
     }
     let tx = conn.unchecked_transaction()?;
-    let (usn, json) = read_col_json(&tx)?;
+    let usn: i32 = tx.query_row("SELECT usn FROM col", [], |r| r.get(0))?;
     let stamp = Stamp {
         usn,
         now_secs: now_secs(),
     };
     let reference = schema18_objects()?;
-    create_newer_tables(&tx, &reference)?;
-    store_config(&tx, &json.conf)?;
-    store_tags(&tx, &json.tags)?;
-    let low_ease_configs = store_deck_configs(&tx, &json.dconf, stamp)?;
-    store_notetypes(&tx, &json.models, stamp)?;
-    store_decks(&tx, &json.decks, stamp)?;
-    repair_low_card_eases(&tx, &low_ease_configs, usn)?;
+    match ver {
+        11 => from_schema11(&tx, stamp, &reference)?,
+        14 => from_schema14(&tx, stamp, &reference)?,
+        15 => from_schema15(&tx, stamp)?,
+        _ => {}
+    }
+    // Schemas 14 to 16 keep tags without their collapsed state.
+    if (14..=16).contains(&ver) {
+        rebuild_tags_for_schema17(&tx, &reference)?;
+    }
+    rebuild_graves_for_schema18(&tx, &reference)?;
+    tx.execute("UPDATE col SET ver = 18", [])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Schema 11 in one pass: every newer table is created and filled from the
+/// `col` row's JSON.
+fn from_schema11(tx: &Connection, stamp: Stamp, reference: &Connection) -> Result<()> {
+    let json = read_col_json(tx)?;
+    create_tables(tx, reference, NEWER_TABLES)?;
+    store_config(tx, &json.conf)?;
+    store_tags(tx, &json.tags)?;
+    let low_ease_configs = store_deck_configs(tx, &json.dconf, stamp)?;
+    store_notetypes(tx, &json.models, stamp)?;
+    store_decks(tx, &json.decks, stamp)?;
+    repair_low_card_eases(tx, &low_ease_configs, stamp.usn)?;
     tx.execute(
         "UPDATE col SET conf = '', models = '', decks = '', dconf = '', tags = ''",
         [],
     )?;
-    rebuild_graves_for_schema18(&tx, &reference)?;
-    tx.execute("UPDATE col SET ver = 18", [])?;
-    tx.commit()?;
+    Ok(())
+}
+
+/// Schema 14 (Anki 2.1.24–2.1.27) has the config and tags tables, and deck
+/// configs as schema-11 JSON in `deck_config`; notetypes and decks are still
+/// JSON in the `col` row. The deck configs are converted as a schema-11
+/// upload's are (which is what the 15 and 16 steps amount to).
+fn from_schema14(tx: &Connection, stamp: Stamp, reference: &Connection) -> Result<()> {
+    let mut dconf = Map::new();
+    {
+        let mut rows = tx.prepare("SELECT id, config FROM deck_config")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let json: Value = serde_json::from_slice(&row.get::<_, Vec<u8>>(1)?)?;
+            dconf.insert(id.to_string(), json);
+        }
+    }
+    tx.execute("DELETE FROM deck_config", [])?;
+    let low_ease_configs = store_deck_configs(tx, &dconf, stamp)?;
+    create_tables(
+        tx,
+        reference,
+        &["fields", "templates", "notetypes", "decks"],
+    )?;
+    let (models, decks) = tx.query_row("SELECT models, decks FROM col", [], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    store_notetypes(tx, &parse_object(&models, "col.models")?, stamp)?;
+    store_decks(tx, &parse_object(&decks, "col.decks")?, stamp)?;
+    repair_low_card_eases(tx, &low_ease_configs, stamp.usn)?;
+    tx.execute("UPDATE col SET models = '', decks = ''", [])?;
+    Ok(())
+}
+
+/// Schema 15 (Anki 2.1.28–2.1.35) stored a starting ease of 2.5 as 250;
+/// schema 16 divides it by 100 and, as for a schema-11 upload, resets one
+/// of 1.3 or less to 2.5 and repairs the low eases of its decks' cards.
+fn from_schema15(tx: &Connection, stamp: Stamp) -> Result<()> {
+    let mut low_ease_configs = Vec::new();
+    for id in all_ids(tx, "deck_config")? {
+        let mut row = s11::load_deckconfig(tx, id)?.ok_or_else(|| missing("deck config", id))?;
+        row.config.initial_ease /= 100.0;
+        if row.config.initial_ease <= LOW_INITIAL_EASE {
+            row.config.initial_ease = DEFAULT_INITIAL_EASE;
+            row.mtime_secs = stamp.now_secs;
+            row.usn = stamp.usn;
+            low_ease_configs.push(id);
+        }
+        s11::store_deckconfig(tx, &row)?;
+    }
+    repair_low_card_eases(tx, &low_ease_configs, stamp.usn)
+}
+
+/// Schema 17 added the tags' collapsed state and config: tags are kept,
+/// collapsed, as the library's upgrade leaves them.
+fn rebuild_tags_for_schema17(tx: &Connection, reference: &Connection) -> Result<()> {
+    let tags: Vec<(String, i64)> = tx
+        .prepare("SELECT tag, usn FROM tags")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.execute_batch("DROP TABLE tags")?;
+    create_tables(tx, reference, &["tags"])?;
+    let mut add = tx.prepare(
+        "INSERT OR IGNORE INTO tags (tag, usn, collapsed, config) VALUES (?1, ?2, 1, NULL)",
+    )?;
+    for (tag, usn) in tags {
+        add.execute(params![tag, usn])?;
+    }
     Ok(())
 }
 
@@ -370,22 +457,19 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// `col.usn` and the five JSON columns, each of which must hold an object.
-fn read_col_json(conn: &Connection) -> Result<(i32, Schema11Json)> {
-    let (usn, texts) = conn.query_row(
-        "SELECT usn, conf, models, decks, dconf, tags FROM col",
+/// The five JSON columns of the `col` row, each of which must hold an object.
+fn read_col_json(conn: &Connection) -> Result<Schema11Json> {
+    let texts = conn.query_row(
+        "SELECT conf, models, decks, dconf, tags FROM col",
         [],
         |r| {
-            Ok((
-                r.get::<_, i32>(0)?,
-                [
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ],
-            ))
+            Ok([
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ])
         },
     )?;
     let [conf, models, decks, dconf, tags] = texts;
@@ -396,7 +480,7 @@ fn read_col_json(conn: &Connection) -> Result<(i32, Schema11Json)> {
         dconf: parse_object(&dconf, "col.dconf")?,
         tags: parse_object(&tags, "col.tags")?,
     };
-    Ok((usn, json))
+    Ok(json)
 }
 
 /// A JSON object; duplicate keys are tolerated (the last one wins), as
@@ -429,9 +513,30 @@ fn schema18_sql(reference: &Connection, name: &str) -> Result<String> {
     )?)
 }
 
-fn create_newer_tables(conn: &Connection, reference: &Connection) -> Result<()> {
-    for name in NEWER_TABLES.iter().chain(NEWER_INDEXES) {
+/// Creates `tables` as schema 18 defines them, with those of the newer
+/// indexes that belong to them or to the old tables (created once).
+fn create_tables(conn: &Connection, reference: &Connection, tables: &[&str]) -> Result<()> {
+    for name in tables {
         conn.execute_batch(&schema18_sql(reference, name)?)?;
+    }
+    for index in NEWER_INDEXES {
+        let table: String = reference.query_row(
+            "SELECT tbl_name FROM sqlite_master WHERE name = ?1",
+            [index],
+            |r| r.get(0),
+        )?;
+        let on_old_table = !NEWER_TABLES.contains(&table.as_str());
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE name = ?1",
+                [index],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists && (tables.contains(&table.as_str()) || on_old_table) {
+            conn.execute_batch(&schema18_sql(reference, index)?)?;
+        }
     }
     Ok(())
 }
