@@ -48,6 +48,15 @@ debian_packages() {
 make_venv() {
     local name="$1"
     shift
+    local python="$python"
+    # An old library needs an old Python: `py=3.8` as the first spec picks
+    # pyenv's (the machines have 3.8 and 3.9) or python3.8 on the PATH.
+    if [[ "${1:-}" == py=* ]]; then
+        local version="${1#py=}"
+        shift
+        python="$(PYENV_VERSION="$version" pyenv which python 2>/dev/null || command -v "python$version")" ||
+            die "no Python $version for $name (pyenv or python$version)"
+    fi
     local dir="$venv_root/$name"
     local marker="$dir/.anki-sync-lite-ready"
     local want="$*"
@@ -77,6 +86,11 @@ venv() {
 setup_all() {
     venv anki26 'anki==26.9.3'
     venv anki2156 'anki==2.1.56' 'protobuf>=4.21,<5'
+    # Libraries whose collections stay at schemas 14 to 17 (tests/it/old_schemas.rs).
+    venv anki2126 py=3.8 'anki==2.1.26' 'ankirspy==2.1.26' 'protobuf<3.21'
+    venv anki2128 py=3.8 'anki==2.1.28' 'ankirspy==2.1.28' 'protobuf<3.21'
+    venv anki2138 py=3.9 'anki==2.1.38' 'protobuf<3.21'
+    venv anki2141 py=3.9 'anki==2.1.41' 'protobuf<3.21'
     # The power-cut simulator (tests/powercut/powercutfs.py).
     if [[ "$wanted" == powercut || "$wanted" == all ]]; then
         debian_packages fuse3 libfuse3-dev pkg-config

@@ -23,6 +23,7 @@ mod logs;
 mod media_raw;
 mod media_sync;
 mod normal_sync;
+mod old_schemas;
 mod operations;
 mod permissions;
 mod powercut;

@@ -65,6 +65,12 @@ pub fn ensure_powercut_venv() -> PathBuf {
     PYTHON.get_or_init(|| setup_venv("powercut")).clone()
 }
 
+/// The python of venv `name` of `tests/setup-venv.sh` (e.g. `anki2126`, an
+/// old library for making collections at its schema), created if needed.
+pub fn old_library_python(name: &str) -> PathBuf {
+    setup_venv(name)
+}
+
 /// Runs `tests/setup-venv.sh NAME` and returns the python it printed.
 fn setup_venv(name: &str) -> PathBuf {
     let script = repo_root().join("tests/setup-venv.sh");
