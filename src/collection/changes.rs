@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use super::SyncError;
-use super::decode::{self, Batcher, DecodeError, Field, Int, Json, Key, Stash, Text, TreeBudget};
+use super::decode::{
+    self, Batcher, DecodeError, Field, Int, Json, Key, Nullable, Stash, Text, TreeBudget,
+};
 use super::state::SyncState;
 use crate::budget::Account;
 use crate::storage::schema11::{self, ConvertError};
@@ -141,7 +143,9 @@ impl<'de> Visitor<'de> for ChangesSeed<'_, '_, '_> {
                 })?,
                 Some(1) => map.next_value_seed(DecksAndConfigs(&mut *self.0))?,
                 Some(2) => map.next_value_seed(Tags(&mut *self.0))?,
-                Some(3) => map.next_value_seed(ConfigTable(&mut *self.0))?,
+                Some(3) => {
+                    map.next_value_seed(Nullable(ConfigTable(&mut *self.0)))?;
+                }
                 Some(4) => {
                     if let Some(crt) = map.next_value_seed(Nullable(Int))? {
                         self.0.add(|b| b.push(Change::Crt(crt)))?;
@@ -289,14 +293,14 @@ impl<'de> Visitor<'de> for Tags<'_, '_, '_> {
     }
 }
 
-/// `conf`: `null`, or the whole config table as key → any JSON value.
+/// `conf`: the whole config table as key → any JSON value.
 struct ConfigTable<'x, 'a, 'b>(&'x mut Batcher<'a, 'b, Vec<Change>>);
 
 impl<'de> DeserializeSeed<'de> for ConfigTable<'_, '_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_option(self)
+        d.deserialize_map(self)
     }
 }
 
@@ -304,19 +308,7 @@ impl<'de> Visitor<'de> for ConfigTable<'_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null or a config object")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
+        f.write_str("a config object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -335,37 +327,6 @@ impl<'de> Visitor<'de> for ConfigTable<'_, '_, '_> {
             let bytes = serde_json::to_vec(&value).map_err(de::Error::custom)?;
             self.0.add(|b| b.push(Change::Config(key, bytes)))?;
         }
-    }
-}
-
-/// `null`, or what `S` decodes.
-struct Nullable<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
-    type Value = Option<S::Value>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
-    type Value = Option<S::Value>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null or a value")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.deserialize(d).map(Some)
     }
 }
 

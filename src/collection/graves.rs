@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::SyncError;
 use super::chunks::CHUNK_SIZE;
-use super::decode::{self, Batcher, DecodeError, Field, Key, Stash};
+use super::decode::{self, Batcher, DecodeError, Field, Key, Nullable, Stash};
 use crate::budget::Account;
 
 const CARD: i64 = 0;
@@ -138,7 +138,7 @@ impl<'de> Visitor<'de> for StartSeed<'_, '_, '_> {
                     }
                     // Until the sync has begun, graves are held, not applied.
                     let held = !begun;
-                    map.next_value_seed(NullOr(GravesSeed(&mut *self.ids).held(held)))?;
+                    map.next_value_seed(Nullable(GravesSeed(&mut *self.ids).held(held)))?;
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -158,37 +158,6 @@ impl StartSeed<'_, '_, '_> {
     fn begin<E: de::Error>(&mut self, min_usn: i32, lnewer: bool) -> Result<(), E> {
         (self.begin)(Start { min_usn, lnewer })
             .map_err(|e| self.ids.stash.fail(DecodeError::Apply(e)))
-    }
-}
-
-/// `null`, or what `S` decodes.
-struct NullOr<S>(S);
-
-impl<'de, S: DeserializeSeed<'de, Value = ()>> DeserializeSeed<'de> for NullOr<S> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de, Value = ()>> Visitor<'de> for NullOr<S> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null or a graves object")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        self.0.deserialize(d)
     }
 }
 

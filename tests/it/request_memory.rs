@@ -179,6 +179,22 @@ fn legacy_form(hkey: &str, payload: &[u8]) -> Vec<u8> {
     body
 }
 
+/// Each client sends its `applyChunk` body at the same time as the others
+/// (a thread each); their statuses, in order.
+fn apply_chunks_at_once<'b>(
+    clients: &mut [Client],
+    bodies: impl Iterator<Item = &'b [u8]>,
+) -> Vec<u16> {
+    thread::scope(|s| {
+        let sent: Vec<_> = clients
+            .iter_mut()
+            .zip(bodies)
+            .map(|(c, body)| s.spawn(move || send(&mut c.conn, "applyChunk", &c.hkey, body).status))
+            .collect();
+        sent.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
 fn users(n: usize) -> Vec<(String, &'static str)> {
     (0..n).map(|i| (format!("user{i}"), PASSWORD)).collect()
 }
@@ -309,18 +325,7 @@ fn eight_at_once_stay_within_64_mib_and_the_server_keeps_serving() {
         .map(|c| worst_chunk(&c.storable_note(1, 2_000_000)))
         .collect();
     let (growth, statuses) = peak_growth(&server, || {
-        thread::scope(|s| {
-            let sent: Vec<_> = clients
-                .iter_mut()
-                .zip(&bodies)
-                .map(|(c, body)| {
-                    s.spawn(move || send(&mut c.conn, "applyChunk", &c.hkey, body).status)
-                })
-                .collect();
-            sent.into_iter()
-                .map(|t| t.join().unwrap())
-                .collect::<Vec<u16>>()
-        })
+        apply_chunks_at_once(&mut clients, bodies.iter().map(Vec::as_slice))
     });
     eprintln!(
         "eight 2,000,000-character notes at once: +{:.1} MiB, answers {statuses:?}",
@@ -342,18 +347,7 @@ fn eight_at_once_stay_within_64_mib_and_the_server_keeps_serving() {
     }
     let bomb = zeros_row(10_000_000);
     let (growth, statuses) = peak_growth(&server, || {
-        thread::scope(|s| {
-            let sent: Vec<_> = clients
-                .iter_mut()
-                .map(|c| {
-                    let bomb = &bomb;
-                    s.spawn(move || send(&mut c.conn, "applyChunk", &c.hkey, bomb).status)
-                })
-                .collect();
-            sent.into_iter()
-                .map(|t| t.join().unwrap())
-                .collect::<Vec<u16>>()
-        })
+        apply_chunks_at_once(&mut clients, std::iter::repeat(bomb.as_slice()))
     });
     eprintln!(
         "eight 10-million-zero rows at once: +{:.1} MiB",
@@ -398,14 +392,7 @@ fn under_an_address_space_cap_the_server_refuses_and_keeps_serving() {
         .iter_mut()
         .map(|c| worst_chunk(&c.storable_note(1, 2_000_000)))
         .collect();
-    let statuses: Vec<u16> = thread::scope(|s| {
-        let sent: Vec<_> = clients
-            .iter_mut()
-            .zip(&bodies)
-            .map(|(c, body)| s.spawn(move || send(&mut c.conn, "applyChunk", &c.hkey, body).status))
-            .collect();
-        sent.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let statuses = apply_chunks_at_once(&mut clients, bodies.iter().map(Vec::as_slice));
     assert!(
         statuses.iter().all(|s| [200, 429].contains(s)),
         "{statuses:?}"
