@@ -189,7 +189,7 @@ fn snapshot(
     }
     let clock = Instant::now();
     let dir = backups_dir(state.dir());
-    fs::create_dir_all(&dir)?;
+    crate::fsutil::create_dir_all_durable(&dir)?;
     // Two backups in one second (an upload right after a restore): the
     // second takes the next free second, whatever the reasons, so names stay
     // unique and their times keep the order they were taken in.

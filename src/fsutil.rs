@@ -71,6 +71,25 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `dir` and any missing parents like `fs::create_dir_all`, and
+/// fsyncs the folder above each one it creates: a new folder is only an
+/// entry in its parent until then, and a power cut would take it, and every
+/// file saved inside it, away (a fresh `SYNC_BASE` lost whole collections).
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_parent(dir),
+        // Made meanwhile by someone else, who makes it durable.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `path` with `suffix` appended to its file name, as SQLite names its
 /// side files (`-wal`, `-shm`, `-journal`).
 pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
@@ -120,6 +139,17 @@ mod tests {
         // A folder already private, or missing, is left alone.
         make_private_dir(&old);
         make_private_dir(&dir.path().join("missing"));
+    }
+
+    #[test]
+    fn durable_folders_are_created_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("base/alice/media");
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all_durable(&deep).unwrap();
+        fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(create_dir_all_durable(&dir.path().join("file/sub")).is_err());
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! idle server holds no database memory.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -237,7 +236,7 @@ impl UserStore {
 /// behind, and opens the media store.
 fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
     let dir = base.join(name);
-    fs::create_dir_all(dir.join("media"))?;
+    crate::fsutil::create_dir_all_durable(&dir.join("media"))?;
     for folder in [dir.clone(), dir.join("media"), dir.join(crate::backup::DIR)] {
         crate::fsutil::make_private_dir(&folder);
     }
@@ -267,6 +266,7 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn start_up_creates_folders_and_removes_leftovers() {

@@ -53,7 +53,8 @@ pub fn run(
                 return Err(format!("user {name:?} already exists"));
             }
             let phc = hash_password(&read_password(true)?)?;
-            fs::create_dir_all(base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+            crate::fsutil::create_dir_all_durable(base)
+                .map_err(|e| format!("creating {}: {e}", base.display()))?;
             let _lock = FileLock::acquire(base)?;
             let mut file = UsersFile::load(&path)?;
             file.add(name, &phc)?;

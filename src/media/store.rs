@@ -292,7 +292,7 @@ impl MediaSlot {
     /// again before serving.
     pub fn open(user_dir: &Path) -> io::Result<MediaSlot> {
         let media_dir = user_dir.join(MEDIA_DIR);
-        fs::create_dir_all(&media_dir)?;
+        crate::fsutil::create_dir_all_durable(&media_dir)?;
         let mut usn = USN_UNKNOWN;
         if user_dir.join(JOURNAL).exists() {
             let conn = open_db(user_dir)?;

@@ -97,7 +97,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<bool, String> {
             source::COLLECTION_FILE
         ));
     }
-    fs::create_dir_all(&options.base)
+    crate::fsutil::create_dir_all_durable(&options.base)
         .map_err(|e| format!("creating {}: {e}", options.base.display()))?;
     let base = canonical(&options.base)?;
 
@@ -206,7 +206,8 @@ fn import_user(
             ));
         }
     }
-    fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    crate::fsutil::create_dir_all_durable(&dest)
+        .map_err(|e| format!("creating {}: {e}", dest.display()))?;
     let staging = dest.join(STAGING_DIR);
     if staging.exists() {
         fs::remove_dir_all(&staging)
