@@ -79,6 +79,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
     crate::storage::harden::harden_file(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "wal")?;
+    // Every commit fsyncs the WAL before an upload is answered (SQLite's
+    // default, stated so that no build flag can weaken it).
+    conn.pragma_update(None, "synchronous", "FULL")?;
     // Page cache per user, kept small: one connection stays open per user.
     conn.pragma_update(None, "cache_size", -512)?;
     let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -226,6 +229,10 @@ mod tests {
             .unwrap();
         assert_eq!(version, 4);
         assert_eq!(get(&conn, "a.jpg").unwrap().unwrap().size, 12);
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL: each commit fsyncs the WAL");
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     harden::harden_file(&conn, path)?;
     register_unicase(&conn)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // A commit is on disk before `finish` is answered, in either journal
+    // mode: FULL fsyncs the WAL (or the rollback journal and the file), and
+    // EXTRA also fsyncs the folder after deleting a rollback journal, which
+    // is what commits in that mode (uploads arrive in it). Without that, a
+    // power cut right after the answer can bring the journal back, and
+    // SQLite then rolls the acknowledged sync back.
+    conn.pragma_update(None, "synchronous", "EXTRA")?;
     conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)?;
     // Statement journals (one per `insert or replace` while a sync applies
     // rows) are small: keep them in memory instead of temp files on disk.
@@ -77,6 +84,17 @@ mod tests {
         ));
         assert!(open(&path).is_err());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn commits_are_durable_in_both_journal_modes() -> rusqlite::Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.anki2");
+        Connection::open(&path)?.execute_batch("create table t (x)")?;
+        let conn = open(&path)?;
+        let level: i64 = conn.query_row("pragma synchronous", [], |r| r.get(0))?;
+        assert_eq!(level, 3, "EXTRA");
+        Ok(())
     }
 
     #[test]

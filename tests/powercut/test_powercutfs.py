@@ -344,14 +344,15 @@ class PowerCutTests(unittest.TestCase):
 
     # ------------------------------------------------------------ SQLite on top
 
-    def commit_and_cut(self, synchronous: str) -> int:
-        """Commits one row in a child process (WAL mode, `synchronous` as
-        given), cuts the power as the trials do (freeze, SIGKILL, release,
+    def commit_and_cut(self, synchronous: str, journal: str = "wal") -> int:
+        """Commits one row in a child process (`journal` mode, `synchronous`
+        as given), cuts the power as the trials do (freeze, SIGKILL, release,
         cut) and returns the rows that survived."""
         fs = self.mount()
         child = subprocess.Popen([sys.executable, "-c", (
             "import sqlite3, sys, time\n"
             "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            f"db.execute('pragma journal_mode = {journal}')\n"
             f"db.execute('pragma synchronous = {synchronous}')\n"
             "db.execute('insert into t values (1)')\n"
             "print('committed', flush=True)\n"
@@ -383,6 +384,20 @@ class PowerCutTests(unittest.TestCase):
         self.assertEqual(self.commit_and_cut("FULL"), 1)
         # OFF leaves both to the kernel: the row is lost.
         self.assertEqual(self.commit_and_cut("OFF"), 1)
+
+    def test_sqlite_rollback_journal_commit_needs_synchronous_extra(self) -> None:
+        fs = self.mount()
+        db = sqlite3.connect(fs.path("db.sqlite"), isolation_level=None)
+        db.execute("pragma journal_mode = delete")
+        db.execute("create table t (x)")
+        db.close()
+        sync_dir(fs.mnt)
+        fs.cut()
+        # Deleting the journal is the commit. With FULL its folder is not
+        # fsynced after, so the cut brings the journal back and SQLite rolls
+        # the committed row back; EXTRA fsyncs the folder.
+        self.assertEqual(self.commit_and_cut("FULL", "delete"), 0)
+        self.assertEqual(self.commit_and_cut("EXTRA", "delete"), 1)
 
 
 if __name__ == "__main__":
