@@ -232,9 +232,21 @@ fn recover_interrupted_upload(user_dir: &Path, last_usn: i32) {
             user_dir.display()
         ),
     }
+    // What was finished or undone must be on disk before the journal goes:
+    // a power cut must not bring the files back without it.
+    if let Err(e) = sync_undone(user_dir) {
+        warn!("syncing {} after a media recovery: {e}", user_dir.display());
+    }
     if let Err(e) = fs::remove_file(&path) {
         warn!("cannot remove {}: {e}", path.display());
     }
+}
+
+/// Makes undone (or finished) moves durable: media/ first, then the user's
+/// folder, the reverse of an upload's order (see `apply_locked`), so a cut
+/// in between never leaves an undone staged file in both folders.
+fn sync_undone(user_dir: &Path) -> io::Result<()> {
+    sync_dir(&user_dir.join(MEDIA_DIR)).and_then(|()| sync_dir(user_dir))
 }
 
 fn open_db(user_dir: &Path) -> io::Result<Connection> {
@@ -495,7 +507,11 @@ impl MediaSlot {
                 .map_err(|e| disk("writing a temp file", e))?;
             staged.size += n as u64;
         }
-        out.flush().map_err(|e| disk("writing a temp file", e))?;
+        // Durable before it is moved into media/ and media.db names it: a
+        // power cut must not leave a listed file empty.
+        out.flush()
+            .and_then(|()| out.get_ref().sync_all())
+            .map_err(|e| disk("writing a temp file", e))?;
         staged.sha1 = hasher.finalize().into();
         Ok(staged)
     }
@@ -565,14 +581,21 @@ impl MediaSlot {
         self.write_journal(meta.last_usn, &steps)
             .map_err(|e| disk("writing the media journal", e))?;
         let mut undo = Vec::new();
-        if let Err(e) = run_moves(&steps, &mut undo).and_then(|()| sync_dir(&self.media_dir)) {
+        // Both folders of the moves are made durable before the commit, the
+        // user's folder first: a rename may reach the disk in one folder and
+        // not yet in the other, and in this order a cut leaves a staged file
+        // either still staged or gone from both, and an old file in media/
+        // or in both places, which start-up's undo reads right (see
+        // `recover_interrupted_upload`).
+        let moved = run_moves(&steps, &mut undo)
+            .and_then(|()| sync_dir(&self.user_dir))
+            .and_then(|()| sync_dir(&self.media_dir));
+        if let Err(e) = moved {
             self.roll_back(undo);
-            self.remove_journal();
             return Err(disk("placing media files", e));
         }
         if let Err(e) = tx.commit() {
             self.roll_back(undo);
-            self.remove_journal();
             return Err(e.into());
         }
         self.usn.store(meta.last_usn, Ordering::SeqCst);
@@ -641,6 +664,8 @@ impl MediaSlot {
         }
     }
 
+    /// Moves the files of a failed upload back and removes its journal
+    /// (after making the moves durable, as start-up's recovery does).
     fn roll_back(&self, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             let (from, to) = match &step {
@@ -655,6 +680,13 @@ impl MediaSlot {
                 );
             }
         }
+        if let Err(e) = sync_undone(&self.user_dir) {
+            warn!(
+                "undoing a media upload: syncing {}: {e}",
+                self.user_dir.display()
+            );
+        }
+        self.remove_journal();
     }
 
     /// `downloadFiles`: the longest prefix of `names` whose sizes first
