@@ -310,7 +310,11 @@ pub fn apply_pending_restore(state: &mut UserState) {
         return;
     }
     take(state, Reason::BeforeRestore);
-    match full::replace_collection(state, &pending) {
+    // The staged file leaves backups/ too: that must be durable, or after a
+    // power cut it would be there again and undo every sync since.
+    let applied = full::replace_collection(state, &pending)
+        .and_then(|()| crate::fsutil::sync_dir(&backups_dir(state.dir())));
+    match applied {
         Ok(()) => info!(
             "restored a backup into {}; devices will be asked to full-sync",
             state.collection_path().display()
