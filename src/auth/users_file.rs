@@ -25,7 +25,9 @@ pub const FILE_NAME: &str = "users.txt";
 const LOCK_NAME: &str = "users.txt.lock";
 const TEMP_NAME: &str = "users.txt.tmp";
 /// A lock older than this was left by a command that died; commands hold it
-/// for milliseconds (passwords are hashed before it is taken).
+/// for milliseconds (passwords are hashed before it is taken). A younger one
+/// is stale too once its process is gone (a kill -9, or a power cut, which
+/// can leave the lock on disk after the command's own removal is lost).
 const STALE_LOCK: Duration = Duration::from_secs(60);
 
 const HEADER: &str = "\
@@ -235,15 +237,14 @@ impl FileLock {
                 .open(&path)
             {
                 Ok(mut file) => {
-                    let _ = writeln!(file, "{}", std::process::id());
+                    // The holder's pid, synced: a lock a power cut leaves on
+                    // disk still says whose it was.
+                    let _ =
+                        writeln!(file, "{}", std::process::id()).and_then(|()| file.sync_data());
                     return Ok(FileLock { path });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let age = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok());
-                    if age.is_some_and(|a| a < STALE_LOCK) {
+                    if held(&path) {
                         break;
                     }
                     let _ = fs::remove_file(&path);
@@ -256,6 +257,22 @@ impl FileLock {
             path.display()
         ))
     }
+}
+
+/// Whether another command may still hold the lock at `path`: it is younger
+/// than [`STALE_LOCK`] and its process still runs (where `/proc` tells).
+fn held(path: &Path) -> bool {
+    let age = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    let pid = fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    let gone = pid.is_some_and(|pid| {
+        Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    age.is_some_and(|a| a < STALE_LOCK) && !gone
 }
 
 impl Drop for FileLock {
@@ -365,5 +382,17 @@ mod tests {
         assert!(err.contains("another"), "{err}");
         drop(lock);
         FileLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_lock_whose_process_is_gone_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        // Left by a command killed with the power (no such pid runs).
+        fs::write(dir.path().join(LOCK_NAME), "4000000000\n").unwrap();
+        let lock = FileLock::acquire(dir.path()).unwrap();
+        let holder = fs::read_to_string(dir.path().join(LOCK_NAME)).unwrap();
+        assert_eq!(holder.trim(), std::process::id().to_string());
+        drop(lock);
     }
 }
