@@ -518,7 +518,9 @@ impl Service {
     }
 
     /// What a person sees when opening the server's address in a browser:
-    /// that it runs, and the exact URL to type into Anki.
+    /// that it runs, and the exact URL to type into Anki. The scheme is the
+    /// one a proxy in front says the client used, else ours: `https` with
+    /// built-in HTTPS.
     fn index_page(&self, request: &Request) -> String {
         let host = request
             .headers()
@@ -531,7 +533,10 @@ impl Service {
             .iter()
             .find(|h| h.field.equiv("X-Forwarded-Proto"))
             .map(|h| h.value.as_str().to_string())
-            .unwrap_or_else(|| "http".into());
+            .unwrap_or_else(|| match self.config.tls {
+                Some(_) => "https".into(),
+                None => "http".into(),
+            });
         format!(
             "anki-sync-lite {} is running.\n\nIn Anki, set the self-hosted sync server to:\n\n    {scheme}://{host}{}\n\n(with the final slash), then log in with your user name and password.\n",
             env!("CARGO_PKG_VERSION"),

@@ -11,6 +11,7 @@
 
 #![cfg(feature = "tls")]
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -284,4 +285,48 @@ fn healthcheck_speaks_https_to_a_server_with_built_in_https() {
         assert_eq!(code, Some(1));
         assert!(err.contains("unhealthy: no server answers"), "{err}");
     }
+}
+
+/// Issue 17: with built-in HTTPS, the `/` page people open in a browser
+/// gives the `https://` address to type into Anki.
+#[test]
+fn index_page_gives_the_https_address() {
+    let certs = TempDir::new().unwrap();
+    if !make_certificates(certs.path()) {
+        eprintln!(
+            "SKIPPED: the `openssl` command is not installed (needed to make test certificates)"
+        );
+        return;
+    }
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let env = [
+        ("SYNC_TLS_CERT", path_str(&cert)),
+        ("SYNC_TLS_KEY", path_str(&key)),
+    ];
+    let server = Server::start_ours(&[("user", "pass")], &env);
+    let address = format!("127.0.0.1:{}", server.port());
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &address, "-CAfile"])
+        .arg(certs.path().join("ca.pem"))
+        .arg("-verify_return_error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    s_client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let out = s_client.wait_with_output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains(&format!("\n    https://{address}/\n")),
+        "{page}"
+    );
 }
