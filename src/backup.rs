@@ -272,26 +272,49 @@ fn compress(source: &Path, temp: &Path) -> io::Result<u64> {
     output.metadata().map(|m| m.len())
 }
 
-/// Deletes all but the newest `keep` backups (and temporary files a crash
-/// left). `keep == 0` means backups are off: existing ones are left alone.
-fn rotate(dir: &Path, keep: usize) -> io::Result<usize> {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > STALE_TEMP);
-            if stale && entry.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
+/// Removes the temporary files in a user's `backups/` that were abandoned:
+/// older than [`STALE_TEMP`], or written by a process that has ended or
+/// before this boot (the server's snapshots and `backup restore`'s staging
+/// name their writer's pid), as a crash, a kill -9 or a power cut leaves them. Run at start-up
+/// and after each backup.
+pub fn remove_abandoned_temp_files(user_dir: &Path) {
+    let Ok(entries) = fs::read_dir(backups_dir(user_dir)) else {
+        return;
+    };
+    let staging = format!("{}.upload-", crate::user::COLLECTION_FILE);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".tmp") {
+            continue;
+        }
+        let Ok(written) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        let old = SystemTime::now()
+            .duration_since(written)
+            .is_ok_and(|age| age > STALE_TEMP);
+        let writer = name
+            .strip_prefix("tmp-")
+            .or_else(|| name.strip_prefix(&staging))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if old || writer.is_some_and(|pid| crate::fsutil::writer_gone(pid, written)) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
+                Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
             }
         }
     }
+}
+
+/// Deletes all but the newest `keep` backups (and abandoned temporary
+/// files). `keep == 0` means backups are off: existing ones are left alone.
+fn rotate(dir: &Path, keep: usize) -> io::Result<usize> {
+    let user_dir = dir.parent().unwrap_or(dir);
+    remove_abandoned_temp_files(user_dir);
     if keep == 0 {
         return Ok(0);
     }
-    let user_dir = dir.parent().unwrap_or(dir);
     let mut removed = 0;
     for old in list(user_dir)?.into_iter().skip(keep) {
         fs::remove_file(&old.path)?;
@@ -553,6 +576,35 @@ mod tests {
             [T0 + 4 * DAY_SECS, T0 + 3 * DAY_SECS, T0 + 2 * DAY_SECS]
         );
         assert!(backups.join("notes.txt").exists());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn temp_files_of_ended_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = backups_dir(dir.path());
+        fs::create_dir_all(&backups).unwrap();
+        let me = std::process::id();
+        let names = [
+            format!("tmp-{me}-1.tmp"),
+            format!("collection.anki2.upload-{me}-ab.tmp"),
+            "tmp-4000000000-1.tmp".to_string(),
+            "collection.anki2.upload-4000000000-ab.tmp".to_string(),
+            "other.tmp".to_string(),
+        ];
+        for name in &names {
+            fs::write(backups.join(name), b"x").unwrap();
+        }
+        remove_abandoned_temp_files(dir.path());
+        let mut left: Vec<String> = fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // A running writer's files stay; so does what is not ours.
+        let mut kept = vec![names[1].clone(), "other.tmp".to_string(), names[0].clone()];
+        kept.sort();
+        assert_eq!(left, kept);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
 
@@ -90,6 +91,31 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Whether process `pid`, which wrote a temporary file or lock last changed
+/// at `written`, has ended, where the system can tell (`/proc`): such a file
+/// was abandoned (a crash, a kill -9 or a power cut). Written before the
+/// system booted counts as ended too: after a power cut, pids start again
+/// from low numbers and the writer's pid may well be another process's (the
+/// server's own, even). `false` when it cannot be told.
+pub fn writer_gone(pid: u32, written: SystemTime) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return false;
+    }
+    !Path::new(&format!("/proc/{pid}")).exists() || boot_time().is_some_and(|boot| written < boot)
+}
+
+/// When the system booted (`btime` in `/proc/stat`, whole seconds).
+fn boot_time() -> Option<SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let secs = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// `path` with `suffix` appended to its file name, as SQLite names its
 /// side files (`-wal`, `-shm`, `-journal`).
 pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
@@ -150,6 +176,20 @@ mod tests {
         create_dir_all_durable(&deep).unwrap();
         fs::write(dir.path().join("file"), b"").unwrap();
         assert!(create_dir_all_durable(&dir.path().join("file/sub")).is_err());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn writers_that_ended_are_told_apart() {
+        let now = SystemTime::now();
+        assert!(!writer_gone(std::process::id(), now));
+        assert!(writer_gone(4_000_000_000, now));
+        // Before this boot: whoever has that pid now did not write it.
+        let boot = boot_time().expect("btime in /proc/stat");
+        assert!(writer_gone(
+            std::process::id(),
+            boot - Duration::from_secs(60)
+        ));
     }
 
     #[test]

@@ -243,6 +243,7 @@ fn new_slot(base: &Path, name: &str) -> io::Result<UserSlot> {
     crate::fsutil::remove_leftover_temp_files(&dir, |name| {
         name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX)
     });
+    crate::backup::remove_abandoned_temp_files(&dir);
     let media = MediaSlot::open(&dir)?;
     Ok(UserSlot {
         name: name.to_string(),

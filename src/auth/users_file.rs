@@ -260,19 +260,19 @@ impl FileLock {
 }
 
 /// Whether another command may still hold the lock at `path`: it is younger
-/// than [`STALE_LOCK`] and its process still runs (where `/proc` tells).
+/// than [`STALE_LOCK`] and its process still runs (where `/proc` tells; a
+/// lock from before this boot is not held).
 fn held(path: &Path) -> bool {
-    let age = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    let Ok(written) = fs::metadata(path).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let young = SystemTime::now()
+        .duration_since(written)
+        .is_ok_and(|age| age < STALE_LOCK);
     let pid = fs::read_to_string(path)
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok());
-    let gone = pid.is_some_and(|pid| {
-        Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
-    });
-    age.is_some_and(|a| a < STALE_LOCK) && !gone
+    young && !pid.is_some_and(|pid| crate::fsutil::writer_gone(pid, written))
 }
 
 impl Drop for FileLock {
