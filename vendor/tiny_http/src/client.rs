@@ -106,14 +106,15 @@ impl ClientConnection {
             }
             *budget -= 1;
 
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b.map_err(ReadError::ReadIoError)?,
-                None => {
+            // (one byte at a time: the source is buffered)
+            let mut byte = [0u8];
+            let byte = match self.next_header_source.read(&mut byte) {
+                Ok(1) => byte[0],
+                Ok(_) => {
                     let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
                     return Err(ReadError::ReadIoError(eof));
                 }
+                Err(e) => return Err(ReadError::ReadIoError(e)),
             };
 
             if byte == b'\n' && prev_byte_was_cr {
@@ -140,7 +141,8 @@ impl ClientConnection {
             // the previous body timed out: the stream is mid-request
             return Err(ReadError::Idle);
         }
-        self.slot.await_request(std::mem::replace(&mut self.first, false));
+        self.slot
+            .await_request(std::mem::replace(&mut self.first, false));
         let mut first_byte = [0u8];
         if !matches!(self.next_header_source.read(&mut first_byte), Ok(1)) {
             // closed, timed out or evicted before sending anything: no answer

@@ -90,8 +90,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
-// anki-sync-lite: upstream 0.12.0 code that newer compilers flag; left as is
-// to keep the diff small (see PATCHES.md).
+// anki-sync-lite: upstream 0.12.0 code that newer compilers flag as unused;
+// removed in the next step (see PATCHES.md).
 #![allow(dead_code, unused_imports)]
 
 #[cfg(feature = "ssl-rustls")]
@@ -114,8 +114,8 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use limits::Limits;
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -434,7 +434,7 @@ impl Server {
         match self.messages.pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+            None => Err(IoError::other("thread unblocked")),
         }
     }
 

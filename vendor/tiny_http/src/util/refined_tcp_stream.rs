@@ -4,9 +4,9 @@ use std::net::{Shutdown, SocketAddr};
 
 use crate::connection::Connection;
 use crate::limits::Slot;
-use std::sync::Arc;
 #[cfg(feature = "ssl-rustls")]
 use crate::ssl::SslStream;
+use std::sync::Arc;
 
 pub(crate) enum Stream {
     Http(Connection),
