@@ -251,7 +251,7 @@ impl Iterator for ClientConnection {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
                     response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false)
                         .ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -260,7 +260,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    response.raw_print(writer, ver, &[], false).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
@@ -270,7 +270,7 @@ impl Iterator for ClientConnection {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(408)).with_header(close_header());
                     response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false)
                         .ok();
                     return None; // closing the connection
                 }
@@ -278,7 +278,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    response.raw_print(writer, ver, &[], true).ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
@@ -286,7 +286,7 @@ impl Iterator for ClientConnection {
                     let mut writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(431)).with_header(close_header());
                     response
-                        .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
+                        .raw_print(&mut writer, HTTPVersion(1, 1), &[], false)
                         .ok();
                     writer.flush().ok();
                     // Closing with unread bytes makes the kernel send a reset,
@@ -315,7 +315,7 @@ impl Iterator for ClientConnection {
                 )
                 .with_status_code(StatusCode(505));
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(writer, HTTPVersion(1, 1), &[], false)
                     .ok();
                 continue;
             }
@@ -331,7 +331,6 @@ impl Iterator for ClientConnection {
 
             match lowercase {
                 Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
                 Some(ref val)
                     if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
                 {

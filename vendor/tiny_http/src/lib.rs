@@ -90,9 +90,6 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
-// anki-sync-lite: upstream 0.12.0 code that newer compilers flag as unused;
-// removed in the next step (see PATCHES.md).
-#![allow(dead_code, unused_imports)]
 
 #[cfg(feature = "ssl-rustls")]
 use zeroize::Zeroizing;
@@ -116,7 +113,7 @@ use util::MessagesQueue;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use limits::Limits;
-pub use request::{ReadWrite, Request};
+pub use request::Request;
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 
@@ -167,11 +164,11 @@ impl From<Request> for Message {
     }
 }
 
-// this trait is to make sure that Server implements Share and Send
-#[doc(hidden)]
-trait MustBeShareDummy: Sync + Send {}
-#[doc(hidden)]
-impl MustBeShareDummy for Server {}
+// A `Server` is shared by worker threads.
+const _: () = {
+    const fn is_sync_and_send<T: Sync + Send>() {}
+    is_sync_and_send::<Server>()
+};
 
 pub struct IncomingRequests<'a> {
     server: &'a Server,
@@ -421,12 +418,6 @@ impl Server {
     #[inline]
     pub fn server_addr(&self) -> ListenAddr {
         self.listening_addr.clone()
-    }
-
-    /// Returns the number of clients currently connected to the server.
-    pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.

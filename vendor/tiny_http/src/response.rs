@@ -339,16 +339,15 @@ where
         http_version: HTTPVersion,
         request_headers: &[Header],
         do_not_send_body: bool,
-        upgrade: Option<&str>,
     ) -> IoResult<()> {
-        let mut transfer_encoding = Some(choose_transfer_encoding(
+        let transfer_encoding = choose_transfer_encoding(
             self.status_code,
             request_headers,
             &http_version,
             &self.data_length,
             false, /* TODO */
             self.chunked_threshold(),
-        ));
+        );
 
         // add `Date` if not in the headers
         if !self.headers.iter().any(|h| h.field.equiv("Date")) {
@@ -363,26 +362,13 @@ where
             );
         }
 
-        // handling upgrade
-        if let Some(upgrade) = upgrade {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
-            );
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
-            );
-            transfer_encoding = None;
-        }
-
         // if the transfer encoding is identity, the content length must be known ; therefore if
         // we don't know it, we buffer the entire response first here
         // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
         let (mut reader, data_length): (Box<dyn Read>, _) =
             match (self.data_length, transfer_encoding) {
                 (Some(l), _) => (Box::new(self.reader), Some(l)),
-                (None, Some(TransferEncoding::Identity)) => {
+                (None, TransferEncoding::Identity) => {
                     let mut buf = Vec::new();
                     self.reader.read_to_end(&mut buf)?;
                     let l = buf.len();
@@ -401,11 +387,11 @@ where
 
         // preparing headers for transfer
         match transfer_encoding {
-            Some(TransferEncoding::Chunked) => self
+            TransferEncoding::Chunked => self
                 .headers
                 .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
 
-            Some(TransferEncoding::Identity) => {
+            TransferEncoding::Identity => {
                 assert!(data_length.is_some());
                 let data_length = data_length.unwrap();
 
@@ -417,8 +403,6 @@ where
                     .unwrap(),
                 )
             }
-
-            _ => (),
         };
 
         // sending headers
@@ -432,14 +416,14 @@ where
         // sending the body
         if !do_not_send_body {
             match transfer_encoding {
-                Some(TransferEncoding::Chunked) => {
+                TransferEncoding::Chunked => {
                     use chunked_transfer::Encoder;
 
                     let mut writer = Encoder::new(writer);
                     io::copy(&mut reader, &mut writer)?;
                 }
 
-                Some(TransferEncoding::Identity) => {
+                TransferEncoding::Identity => {
                     assert!(data_length.is_some());
                     let data_length = data_length.unwrap();
 
@@ -447,8 +431,6 @@ where
                         io::copy(&mut reader, &mut writer)?;
                     }
                 }
-
-                _ => (),
             }
         }
 
