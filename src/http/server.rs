@@ -4,12 +4,11 @@
 //! loop dies on a persistent error, closes idle collections, and drives a
 //! clean shutdown.
 //!
-//! Slow and hostile clients are handled in our patched tiny_http
-//! (vendor/tiny_http/PATCHES.md): read timeouts, a header deadline, a minimum
-//! rate, a connection cap and header-size limits, configured here.
+//! Slow and hostile clients are handled in our own tiny_http
+//! (vendor/tiny_http/PATCHES.md): read and write timeouts, a header deadline,
+//! a minimum rate, a connection cap and header-size limits, configured here.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -44,8 +43,6 @@ pub fn run(
     listener: TcpListener,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let timeout = Duration::from_secs(service.config.timeout_secs);
-    let listener = with_socket_options(listener, timeout)?;
     let ssl = read_tls(&service.config)?;
     let limits = limits(&service.config);
     let mut server = start_tiny_http(&listener, &ssl, &limits)?;
@@ -187,6 +184,13 @@ fn limits(config: &Config) -> Limits {
         header_timeout: Duration::from_secs(config.header_timeout_secs),
         min_rate: MIN_RATE,
         rate_window: RATE_WINDOW.min(read_timeout),
+        // A client that stops reading (e.g. in the middle of a download,
+        // which holds that user's lock) cannot hold a worker forever.
+        write_timeout: Some(Duration::from_secs(config.timeout_secs)),
+        // tiny_http writes a response's head and body separately: without
+        // this, every small answer (each sync chunk) would wait ~40 ms for
+        // the client's delayed ACK.
+        nodelay: true,
         max_connections: config.max_connections,
         max_header_bytes: MAX_HEADER_BYTES,
         max_headers: MAX_HEADERS,
@@ -209,25 +213,6 @@ fn read_tls(config: &Config) -> std::io::Result<Option<SslConfig>> {
         tls1_2: tls.tls1_2,
         tls1_3: tls.tls1_3,
     }))
-}
-
-/// Sets options every accepted connection inherits from the listening
-/// socket (on Linux), since tiny_http offers no hook for them:
-/// - a write timeout, so a client that stops reading (e.g. in the middle of a
-///   download, which holds that user's lock) cannot hold a worker forever;
-/// - `TCP_NODELAY`, because tiny_http writes a response's headers and body
-///   separately: with Nagle's algorithm and the client's delayed ACKs, every
-///   small answer (each sync chunk) would wait ~40 ms.
-///
-/// (A read timeout cannot be set this way: on a listener it also makes
-/// `accept` time out.)
-fn with_socket_options(listener: TcpListener, timeout: Duration) -> std::io::Result<TcpListener> {
-    let socket = TcpStream::from(OwnedFd::from(listener));
-    let set = socket
-        .set_write_timeout(Some(timeout))
-        .and_then(|()| socket.set_nodelay(true));
-    let listener = TcpListener::from(OwnedFd::from(socket));
-    set.map(|()| listener)
 }
 
 fn start_tiny_http(

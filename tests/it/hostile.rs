@@ -288,3 +288,11 @@ fn requests_arriving_during_shutdown_get_a_clean_503() {
     let status = s.terminate().expect("server exits");
     assert!(status.success(), "{status}\n{}", s.log());
 }
+
+#[test]
+fn answers_do_not_name_the_server_software() {
+    let s = start(&[]);
+    let r = Conn::open(&s).send("GET", "/health", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Server"), None);
+}

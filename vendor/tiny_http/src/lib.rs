@@ -319,6 +319,8 @@ impl Server {
                         }
                         // anki-sync-lite patch 2: a cap on open connections
                         // instead of one more thread for each (tiny-http#221).
+                        // The socket options (write timeout, TCP_NODELAY)
+                        // are set here too, on the accepted connection.
                         let slot = match inside_draining.load(Relaxed) {
                             true => Ok(None),
                             false => registry.admit(&sock),

@@ -38,6 +38,13 @@ pub struct Limits {
     pub min_rate: u64,
     /// The window over which `min_rate` is checked.
     pub rate_window: Duration,
+    /// Longest a single write to a client may wait (`None`: forever), so a
+    /// client that stops reading its response cannot hold the writer.
+    pub write_timeout: Option<Duration>,
+    /// Sets `TCP_NODELAY` on every connection: a response's head and body
+    /// are written separately, and with Nagle's algorithm and the client's
+    /// delayed ACKs every small answer would wait ~40 ms.
+    pub nodelay: bool,
     /// Open connections at most. Beyond it, an idle connection is closed to
     /// make room, or else the new one gets a `503` and is closed.
     pub max_connections: usize,
@@ -54,6 +61,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             min_rate: 0,
             rate_window: Duration::from_secs(30),
+            write_timeout: None,
+            nodelay: false,
             max_connections: usize::MAX,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -79,8 +88,9 @@ impl Registry {
         }
     }
 
-    /// A slot for a new connection, or `None` if the cap is reached and no
-    /// connection is idle (waiting for a request, with no response pending).
+    /// A slot for a new connection, with the limits' socket options set on
+    /// it; or `None` if the cap is reached and no connection is idle
+    /// (waiting for a request, with no response pending).
     pub(crate) fn admit(&self, socket: &Connection) -> IoResult<Option<Arc<Slot>>> {
         let mut open = self.open.lock().unwrap();
         open.retain(|slot| slot.strong_count() > 0);
@@ -98,6 +108,8 @@ impl Registry {
                 None => return Ok(None),
             }
         }
+        socket.set_write_timeout(self.limits.write_timeout)?;
+        socket.set_nodelay(self.limits.nodelay)?;
         let slot = Arc::new(Slot {
             socket: socket.try_clone()?,
             limits: self.limits.clone(),
