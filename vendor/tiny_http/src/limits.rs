@@ -320,3 +320,157 @@ impl Rejecter {
         let _ = self.queue.try_send(socket);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::os::unix::net::UnixStream;
+
+    /// A connection for the server side, and the client's end of it.
+    fn pair() -> (Connection, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        (Connection::from(server), client)
+    }
+
+    /// Whether the server closed this connection (the client reads its end).
+    fn closed(client: &mut UnixStream) -> bool {
+        client.set_nonblocking(true).unwrap();
+        matches!(client.read(&mut [0u8; 16]), Ok(0))
+    }
+
+    #[test]
+    fn at_the_cap_an_idle_connection_makes_room_and_busy_ones_are_kept() {
+        let registry = Registry::new(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        });
+        let (first, mut first_client) = pair();
+        let first = registry.admit(&first).unwrap().unwrap();
+        let (second, mut second_client) = pair();
+        let second = registry.admit(&second).unwrap().unwrap();
+        second.request_started();
+        let (third, _third_client) = pair();
+        let third = registry.admit(&third).unwrap().unwrap();
+        assert!(closed(&mut first_client), "the idle one is closed");
+        assert!(!closed(&mut second_client), "the busy one is kept");
+        drop(first);
+        // A response being written keeps its connection too.
+        let _writer = Pending::new(Vec::<u8>::new(), third.clone());
+        let (fourth, _fourth_client) = pair();
+        assert!(registry.admit(&fourth).unwrap().is_none());
+    }
+
+    #[test]
+    fn socket_options_are_set_on_each_accepted_connection() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let registry = Registry::new(Limits {
+            write_timeout: Some(Duration::from_secs(7)),
+            nodelay: true,
+            ..Limits::default()
+        });
+        let _slot = registry
+            .admit(&Connection::from(accepted.try_clone().unwrap()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            accepted.write_timeout().unwrap(),
+            Some(Duration::from_secs(7))
+        );
+        assert!(accepted.nodelay().unwrap());
+    }
+
+    /// A slot for the server's end of a new pair, with these limits.
+    fn slot_with(limits: Limits) -> (Arc<Slot>, Connection, UnixStream) {
+        let (server, client) = pair();
+        let slot = Registry::new(limits).admit(&server).unwrap().unwrap();
+        (slot, server, client)
+    }
+
+    fn read(slot: &Slot, server: &mut Connection) -> IoResult<usize> {
+        slot.read(server, &mut [0u8; 64])
+    }
+
+    #[test]
+    fn a_head_must_arrive_within_the_header_deadline() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (slot, mut server, mut client) = slot_with(limits);
+        slot.await_request(true);
+        client.write_all(b"GET / HT").unwrap();
+        assert_eq!(read(&slot, &mut server).unwrap(), 8);
+        slot.request_started();
+        let started = Instant::now();
+        let err = read(&slot, &mut server).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(
+            slot.is_broken(),
+            "a timed-out connection takes no more requests"
+        );
+        // The deadline has passed: no further read waits at all.
+        let started = Instant::now();
+        assert_eq!(
+            read(&slot, &mut server).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_body_slower_than_the_minimum_rate_is_cut_off() {
+        let limits = Limits {
+            min_rate: 1000,
+            rate_window: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (slot, mut server, mut client) = slot_with(limits);
+        slot.await_request(true);
+        slot.request_started();
+        slot.headers_done();
+        // 10 bytes every 20 ms is 500 bytes/s at best (less on a busy
+        // machine): cut off once 200 ms were spent waiting.
+        let trickle = std::thread::spawn(move || {
+            while client.write_all(&[b'x'; 10]).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let err = loop {
+            match read(&slot, &mut server) {
+                Ok(_) => assert!(started.elapsed() < Duration::from_secs(10)),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        assert!(err.to_string().contains("minimum rate"), "{}", err);
+        assert!(slot.is_broken());
+        server.shutdown(Shutdown::Both).unwrap();
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn time_spent_outside_reads_does_not_count_against_the_rate() {
+        let limits = Limits {
+            min_rate: 1000,
+            rate_window: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let (slot, mut server, mut client) = slot_with(limits);
+        slot.await_request(true);
+        slot.request_started();
+        slot.headers_done();
+        client.write_all(&[b'x'; 4096]).unwrap();
+        for _ in 0..8 {
+            // a slow handler between reads
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(read(&slot, &mut server).unwrap(), 64);
+        }
+        assert!(!slot.is_broken());
+    }
+}
