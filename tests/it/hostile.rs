@@ -1,8 +1,9 @@
-//! Slow and hostile clients (issue 8), on raw sockets: trickled headers and
-//! bodies are cut off, idle connections and connections beyond the cap do not
-//! stop service, oversized headers are refused, and requests arriving during
-//! shutdown get a clean answer. Each test keeps the worker pool small so that
-//! a single pinned worker would show.
+//! Slow and hostile clients (issues 8 and 14), on raw sockets: trickled
+//! headers and bodies are cut off, idle connections and connections beyond
+//! the caps do not stop service, request framing that a proxy could read
+//! another way is refused, oversized headers are refused, and requests
+//! arriving during shutdown get a clean answer. Each test keeps the worker
+//! pool small so that a single pinned worker would show.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -10,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::Server;
-use crate::support::http::{Conn, call, sync_header, zstd};
+use crate::support::http::{Conn, HKEY, call, sync_header, zstd};
 
 const LOGIN: &[u8] = br#"{"u":"user","p":"pass"}"#;
 
@@ -241,6 +242,171 @@ fn busy_connections_at_the_cap_get_new_ones_a_503_and_finish() {
     drop(busy);
     thread::sleep(Duration::from_millis(300));
     assert_eq!(health(&s).0, 200, "slots are freed when connections close");
+}
+
+/// Sends `raw` (and keeps the connection open); returns what the server
+/// answered, and whether it then closed the connection (`false`: it waited
+/// for more, up to the 20 s read timeout of `connect`).
+fn exchange(server: &Server, raw: &[u8]) -> (String, bool) {
+    let mut stream = connect(server);
+    stream.write_all(raw).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&all).into_owned(), closed)
+}
+
+/// The status codes in a run of answers.
+fn statuses(answers: &str) -> Vec<&str> {
+    answers
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| &answer[..3])
+        .collect()
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[test]
+fn framing_a_proxy_could_read_another_way_gets_400_and_a_close() {
+    // Issue 14, item 8 (RFC 9112 §6.3): each of these was accepted, with the
+    // connection kept open for what the server took as the next request.
+    let s = start(&[]);
+    for (head, why) in [
+        (
+            "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "more than one Content-Length",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 3abc\r\n\r\nabc",
+            "an invalid Content-Length",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\
+             Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\n",
+            "a Transfer-Encoding other than chunked",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\nabc",
+            "a Transfer-Encoding other than chunked",
+        ),
+    ] {
+        let (answers, closed) = exchange(&s, &[head.as_bytes(), HEALTH].concat());
+        assert_eq!(statuses(&answers), ["400"], "{why}: {answers}");
+        assert!(
+            answers.contains("Connection: close\r\n"),
+            "{why}: {answers}"
+        );
+        assert!(closed, "{why}: the connection was kept open");
+        assert!(
+            s.log().contains(&format!("the request had {why}")),
+            "{}",
+            s.log()
+        );
+    }
+}
+
+#[test]
+fn non_ascii_header_bytes_get_400() {
+    let s = start(&[]);
+    let (answers, closed) = exchange(
+        &s,
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Name: caf\xc3\xa9\r\n\r\n",
+    );
+    assert_eq!(statuses(&answers), ["400"], "{answers}");
+    assert!(closed);
+}
+
+/// A v11 login with a chunked body given as is (`body`), then `after`.
+fn login_with_body(body: &[u8], after: &[u8]) -> Vec<u8> {
+    [login_head().as_bytes(), body, after].concat()
+}
+
+#[test]
+fn a_request_pipelined_after_a_chunked_body_is_answered() {
+    let s = start(&[]);
+    let login = zstd(LOGIN);
+    // With a chunk extension and a trailer field, both of which RFC 9112
+    // allows and which used to derail the next request.
+    let body = [
+        format!("{:x};note=x\r\n", login.len()).as_bytes(),
+        &login,
+        b"\r\n0\r\nX-Checksum: 1\r\n\r\n",
+    ]
+    .concat();
+    let mut stream = connect(&s);
+    stream.write_all(&login_with_body(&body, HEALTH)).unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, payload) = read_reply(&mut reader);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let payload = ::zstd::decode_all(&payload[..]).unwrap();
+    assert!(String::from_utf8_lossy(&payload).contains(HKEY));
+    let (status, _) = read_reply(&mut reader);
+    assert_eq!(status, "HTTP/1.1 200 OK", "the pipelined /health");
+}
+
+/// One answer with a `Content-Length`: its status line and body.
+fn read_reply(reader: &mut BufReader<TcpStream>) -> (String, Vec<u8>) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status.trim_end().to_string(), body)
+}
+
+#[test]
+fn a_malformed_chunk_size_gets_400() {
+    let s = start(&[]);
+    let started = Instant::now();
+    let (answers, closed) = exchange(&s, &login_with_body(b"zz\r\nabc\r\n0\r\n\r\n", HEALTH));
+    assert_eq!(statuses(&answers), ["400"], "{answers}");
+    assert!(answers.contains("Connection: close\r\n"), "{answers}");
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // (the request's log line may come a moment after its answer)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.log().contains("malformed chunked body") {
+        assert!(Instant::now() < deadline, "{}", s.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_absolute_form_request_target_is_served() {
+    let s = start(&[]);
+    let mut conn = Conn::open(&s);
+    let r = conn.send(
+        "POST",
+        &format!("http://127.0.0.1:{}/sync/hostKey", s.port()),
+        &[("anki-sync", &sync_header(""))],
+        &zstd(LOGIN),
+    );
+    assert!(String::from_utf8_lossy(&r.payload()).contains(HKEY));
 }
 
 #[test]

@@ -120,6 +120,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod framing;
 mod limits;
 mod request;
 mod response;
@@ -462,6 +463,12 @@ impl Server {
     pub fn drain(&self) {
         self.draining.store(true, Relaxed);
     }
+}
+
+/// `Connection: close`, for answers after which the connection is closed
+/// (anki-sync-lite patch 7).
+pub(crate) fn close_header() -> Header {
+    Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap()
 }
 
 /// True for `accept` errors after which the listener still works

@@ -138,7 +138,8 @@ pub(crate) struct Slot {
     idle: AtomicBool,
     /// Responses not yet completely written.
     pending: AtomicUsize,
-    /// A read timed out or was too slow: the connection takes no more requests.
+    /// The connection takes no more requests: a read timed out or was too
+    /// slow, the request was malformed, or its body was left unread.
     broken: AtomicBool,
     state: Mutex<ReadState>,
 }
@@ -159,6 +160,26 @@ impl Slot {
 
     pub(crate) fn is_broken(&self) -> bool {
         self.broken.load(Ordering::SeqCst)
+    }
+
+    /// The connection must take no further request (e.g. its request was
+    /// malformed, so where the next one starts is unknown).
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Half-closes the connection: the client reads what was written so far,
+    /// then the end of the stream.
+    pub(crate) fn shutdown_write(&self) {
+        self.socket.shutdown(Shutdown::Write).ok();
+    }
+
+    /// From now on reads wait at most `time` in all, and no minimum rate
+    /// applies: for a last look at a connection being closed.
+    pub(crate) fn linger_for(&self, time: Duration) {
+        let mut state = self.state.lock().unwrap();
+        state.deadline = Some(Instant::now() + time);
+        state.counting = false;
     }
 
     fn is_idle(&self) -> bool {
@@ -197,7 +218,7 @@ impl Slot {
         let result = self.limited_read(inner, buf);
         if matches!(&result, Err(e) if e.kind() == ErrorKind::TimedOut) {
             // whatever was being read is incomplete: the connection is done
-            self.broken.store(true, Ordering::SeqCst);
+            self.mark_broken();
         }
         result
     }
@@ -472,5 +493,17 @@ mod tests {
             assert_eq!(read(&slot, &mut server).unwrap(), 64);
         }
         assert!(!slot.is_broken());
+    }
+
+    #[test]
+    fn lingering_reads_end_in_time() {
+        let (slot, mut server, _client) = slot_with(Limits::default());
+        slot.linger_for(Duration::from_millis(100));
+        let started = Instant::now();
+        assert_eq!(
+            read(&slot, &mut server).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -3,13 +3,13 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
-
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::framing::{body_framing, Framing};
+use crate::limits::Slot;
+use crate::util::{ChunkedReader, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -35,6 +35,12 @@ use chunked_transfer::Decoder;
 ///  - A request sends a `Connection: close` header, which indicates that this is the last request
 ///    that will be received on this connection
 ///
+/// # Unread bodies
+///
+/// If a request is answered before its body has been read to the end (for example a `403`
+/// before an upload), the answer carries `Connection: close` and the connection takes no
+/// further request: the rest of the body is never waited for (anki-sync-lite).
+///
 /// # Automatic cleanup
 ///
 /// If a `Request` object is destroyed without `respond` being called,
@@ -48,7 +54,7 @@ use chunked_transfer::Decoder;
 /// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
 pub struct Request {
     // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    data_reader: Option<Box<dyn Body>>,
 
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
@@ -73,6 +79,41 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // anki-sync-lite: the connection (`None` for a `TestRequest`), closed
+    // after the answer if the body is left unread
+    slot: Option<Arc<Slot>>,
+}
+
+/// A request body that knows whether it has been read to its end.
+trait Body: Read + Send {
+    fn is_done(&self) -> bool;
+}
+
+impl Body for io::Empty {
+    fn is_done(&self) -> bool {
+        true
+    }
+}
+
+/// A small body, read whole from the connection before the request is
+/// handed out: nothing of it is left on the connection.
+impl Body for Cursor<Vec<u8>> {
+    fn is_done(&self) -> bool {
+        true
+    }
+}
+
+impl<R: Read + Send> Body for FusedReader<EqualReader<R>> {
+    fn is_done(&self) -> bool {
+        self.inner().is_none_or(|r| r.remaining() == 0)
+    }
+}
+
+impl<R: Read + Send> Body for FusedReader<ChunkedReader<R>> {
+    fn is_done(&self) -> bool {
+        self.inner().is_none_or(|r| r.is_done())
+    }
 }
 
 /// Error that can happen when building a `Request` object.
@@ -83,6 +124,10 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// The headers do not say unambiguously where the body ends
+    /// (anki-sync-lite, RFC 9112 §6.3): the reason.
+    BadFraming(&'static str),
 }
 
 impl From<IoError> for RequestCreationError {
@@ -101,7 +146,7 @@ impl From<IoError> for RequestCreationError {
 ///
 /// The `Write` object will be used by the `Request` to write the response.
 #[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
+pub(crate) fn new_request<R, W>(
     secure: bool,
     method: Method,
     path: String,
@@ -110,28 +155,13 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    slot: Option<Arc<Slot>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    let framing = body_framing(&version, &headers).map_err(RequestCreationError::BadFraming)?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -147,12 +177,10 @@ where
     };
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers (anki-sync-lite: no more `Connection: upgrade`,
-    // which made the rest of the stream the body of a request)
-    let reader = if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+    // content-length headers
+    let reader: Box<dyn Body> = match framing {
+        Framing::Empty => Box::new(io::empty()),
+        Framing::Length(content_length) if content_length <= 1024 && !expects_continue => {
             // if the content-length is small enough, we just read everything into a buffer
 
             let mut buffer = vec![0; content_length];
@@ -171,20 +199,16 @@ where
                 offset += read;
             }
 
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
-        } else {
-            let data_reader = EqualReader::new(source_data, content_length);
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            Box::new(Cursor::new(buffer))
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+        Framing::Length(content_length) => Box::new(FusedReader::new(EqualReader::new(
+            source_data,
+            content_length,
+        ))),
+        Framing::Chunked => Box::new(FusedReader::new(ChunkedReader::new(
+            source_data,
+            slot.clone(),
+        ))),
     };
 
     Ok(Request {
@@ -196,9 +220,14 @@ where
         path,
         http_version: version,
         headers,
-        body_length: content_length,
+        body_length: match framing {
+            Framing::Empty => Some(0),
+            Framing::Length(length) => Some(length),
+            Framing::Chunked => None,
+        },
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        slot,
     })
 }
 
@@ -285,11 +314,11 @@ impl Request {
             self.must_send_continue = false;
         }
 
-        self.data_reader.as_mut().unwrap()
+        self.data_reader.as_mut().unwrap().as_mut()
     }
 
-    /// Extract the response `Writer` object from the Request; dropping it lets the next
-    /// response on the connection be written.
+    /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
+    /// as the object returned by `into_writer` above.
     ///
     /// This may only be called once on a single request.
     fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
@@ -322,6 +351,23 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+
+        // anki-sync-lite: never wait for a body nobody wants; the connection
+        // closes after this answer instead.
+        let mut response = response;
+        if let Some(slot) = &self.slot {
+            let unread = !self.data_reader.as_ref().is_none_or(|r| r.is_done());
+            if unread {
+                slot.mark_broken();
+            }
+            let has_connection = response
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("Connection"));
+            if slot.is_broken() && !has_connection {
+                response = response.with_header(crate::close_header());
+            }
+        }
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),

@@ -3,9 +3,10 @@ use std::io::Result as IoResult;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
-/// If the limit is reached, it returns EOF. If the limit is not reached
-/// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// If the limit is reached, it returns EOF. (anki-sync-lite: upstream read
+/// and discarded the rest of the body when dropped, into a buffer as large
+/// as the rest; a request answered before its body is read now closes its
+/// connection instead, see `Request::respond`.)
 pub struct EqualReader<R>
 where
     R: Read,
@@ -20,6 +21,11 @@ where
 {
     pub fn new(reader: R, size: usize) -> EqualReader<R> {
         EqualReader { reader, size }
+    }
+
+    /// Bytes of the body not read yet.
+    pub fn remaining(&self) -> usize {
+        self.size
     }
 }
 
@@ -44,32 +50,6 @@ where
                 Ok(len)
             }
             err @ Err(_) => err,
-        }
-    }
-}
-
-impl<R> Drop for EqualReader<R>
-where
-    R: Read,
-{
-    fn drop(&mut self) {
-        // anki-sync-lite patch 4: upstream allocated `vec![0; remaining]`, so
-        // a client announcing a huge Content-Length made the server allocate
-        // that much. Read into a small fixed buffer instead, and give up after
-        // MAX_DRAIN bytes (the connection then fails to parse its next request
-        // and is closed, which is right for a body nobody wanted).
-        const MAX_DRAIN: usize = 1024 * 1024;
-        let mut remaining_to_read = self.size.min(MAX_DRAIN);
-        let mut buf = [0u8; 8 * 1024];
-
-        while remaining_to_read > 0 {
-            let len = remaining_to_read.min(buf.len());
-            match self.reader.read(&mut buf[..len]) {
-                Err(_) | Ok(0) => break,
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
-            }
         }
     }
 }
@@ -110,10 +90,12 @@ mod tests {
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();
             assert_eq!(vec[0], b'h');
+            assert_eq!(equal_reader.remaining(), 4);
         }
 
+        // nothing more is read when it is dropped
         let mut string = String::new();
         org_reader.read_to_string(&mut string).unwrap();
-        assert_eq!(string, " world");
+        assert_eq!(string, "ello world");
     }
 }

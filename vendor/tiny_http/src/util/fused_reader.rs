@@ -12,6 +12,11 @@ impl<R: Read> FusedReader<R> {
     pub fn new(inner: R) -> Self {
         Self { inner: Some(inner) }
     }
+
+    /// The reader, until it has reached its end.
+    pub fn inner(&self) -> Option<&R> {
+        self.inner.as_ref()
+    }
 }
 
 impl<R: Read> Read for FusedReader<R> {
