@@ -133,6 +133,12 @@ pub const SETTINGS: &[Setting] = &[
         "a request's headers must arrive within this many seconds",
     ),
     setting("SYNC_MAX_CONNECTIONS", "64", "open connections at most"),
+    setting(
+        "SYNC_MAX_CONNECTIONS_PER_IP",
+        "8",
+        "open connections from one client address at most (with SYNC_IP_HEADER: unless set, \
+         SYNC_MAX_CONNECTIONS)",
+    ),
     tls(
         "SYNC_TLS_CERT, SYNC_TLS_KEY",
         "",

@@ -78,10 +78,13 @@ pub struct Config {
     /// Worker threads handling requests.
     pub workers: usize,
     /// Limits against slow and hostile clients (`SYNC_READ_TIMEOUT_SECS`,
-    /// `SYNC_HEADER_TIMEOUT_SECS`, `SYNC_MAX_CONNECTIONS`).
+    /// `SYNC_HEADER_TIMEOUT_SECS`, `SYNC_MAX_CONNECTIONS`,
+    /// `SYNC_MAX_CONNECTIONS_PER_IP`).
     pub read_timeout_secs: u64,
     pub header_timeout_secs: u64,
     pub max_connections: usize,
+    /// Open connections per client address (the TCP peer's).
+    pub max_connections_per_ip: usize,
     /// Built-in HTTPS, when `SYNC_TLS_CERT` and `SYNC_TLS_KEY` are set.
     pub tls: Option<TlsConfig>,
     /// Seconds an unused collection stays open before it is closed.
@@ -107,6 +110,11 @@ pub struct TlsConfig {
 /// Default worker count: enough for a household's devices (each keeps a
 /// couple of connections) without paying for idle threads on a small box.
 pub const DEFAULT_WORKERS: usize = 8;
+
+/// Default connections per client address: a device syncs over one or two
+/// at a time, so this leaves room for a few devices behind one NAT while one
+/// address trickling request heads cannot take every connection.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 8;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -174,6 +182,19 @@ impl Config {
         if max_connections == 0 || max_connections > 10_000 {
             return Err(err("SYNC_MAX_CONNECTIONS must be between 1 and 10000"));
         }
+        // Behind a reverse proxy (SYNC_IP_HEADER) every connection comes from
+        // the proxy: a cap per TCP peer would be one cap on every client, so
+        // there it applies only if set.
+        let per_ip_default = match ip_source {
+            IpSource::ConnectInfo => DEFAULT_MAX_CONNECTIONS_PER_IP,
+            _ => max_connections,
+        };
+        let max_connections_per_ip = parse_num(env, "SYNC_MAX_CONNECTIONS_PER_IP", per_ip_default)?;
+        if max_connections_per_ip == 0 || max_connections_per_ip > 10_000 {
+            return Err(err(
+                "SYNC_MAX_CONNECTIONS_PER_IP must be between 1 and 10000",
+            ));
+        }
         let tls = read_tls(env)?;
         let idle_close_secs = parse_num(env, "SYNC_IDLE_CLOSE_SECS", 300u64)?;
         let timeout_secs = parse_num(env, "SYNC_TIMEOUT_SECS", 120u64)?;
@@ -201,6 +222,7 @@ impl Config {
             read_timeout_secs,
             header_timeout_secs,
             max_connections,
+            max_connections_per_ip,
             tls,
             idle_close_secs,
             timeout_secs,
@@ -529,6 +551,28 @@ mod tests {
             let msg = Config::from_env(&e, true).unwrap_err().0;
             assert!(msg.contains(needle), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_per_address_cap_is_off_behind_a_proxy_unless_set() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut e = env(&[("SYNC_USER1", "a:b"), ("HOME", "/h")]);
+            e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Config::from_env(&e, true)
+        };
+        assert_eq!(with(&[]).unwrap().max_connections_per_ip, 8);
+        let proxied = with(&[
+            ("SYNC_IP_HEADER", "XRealIp"),
+            ("SYNC_MAX_CONNECTIONS", "40"),
+        ]);
+        assert_eq!(proxied.unwrap().max_connections_per_ip, 40);
+        let set = with(&[
+            ("SYNC_IP_HEADER", "XRealIp"),
+            ("SYNC_MAX_CONNECTIONS_PER_IP", "3"),
+        ]);
+        assert_eq!(set.unwrap().max_connections_per_ip, 3);
+        let e = with(&[("SYNC_MAX_CONNECTIONS_PER_IP", "0")]).unwrap_err();
+        assert!(e.0.contains("SYNC_MAX_CONNECTIONS_PER_IP"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! Slow and hostile clients are handled in our own tiny_http
 //! (vendor/tiny_http/PATCHES.md): read and write timeouts, a header deadline,
-//! a minimum rate, a connection cap and header-size limits, configured here.
+//! a minimum rate, connection caps (in all and per client address),
+//! header-size limits and strict framing, configured here.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -192,6 +193,7 @@ fn limits(config: &Config) -> Limits {
         // the client's delayed ACK.
         nodelay: true,
         max_connections: config.max_connections,
+        max_connections_per_addr: config.max_connections_per_ip,
         max_header_bytes: MAX_HEADER_BYTES,
         max_headers: MAX_HEADERS,
     }

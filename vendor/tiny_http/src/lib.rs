@@ -323,12 +323,12 @@ impl Server {
                         // The socket options (write timeout, TCP_NODELAY)
                         // are set here too, on the accepted connection.
                         let slot = match inside_draining.load(Relaxed) {
-                            true => Ok(None),
+                            true => Ok(Err(limits::Refusal::Full)),
                             false => registry.admit(&sock),
                         };
                         let slot = match slot {
-                            Ok(Some(slot)) => slot,
-                            Ok(None) => {
+                            Ok(Ok(slot)) => slot,
+                            Ok(Err(_)) => {
                                 // a TLS client cannot read a plain-text answer
                                 if ssl.is_none() {
                                     rejecter.reject(sock);
