@@ -1,19 +1,29 @@
 //! Fuzzes the schema-11 JSON decoders that turn what clients send in
 //! `applyChanges` into stored rows (notetypes, decks, deck configs), and the
-//! sync request bodies: any JSON must convert or be refused, never panic, and
-//! whatever converts must convert back to JSON.
+//! streaming decoders of the sync request bodies: any JSON must convert or be
+//! refused, never panic, and whatever converts must convert back to JSON.
 #![no_main]
 
-use anki_sync_lite::collection::changes::ApplyChangesRequest;
-use anki_sync_lite::collection::chunks::ApplyChunkRequest;
-use anki_sync_lite::collection::graves::StartRequest;
+use std::time::Duration;
+
+use anki_sync_lite::budget::{Account, LIMITS, MemoryBudget, POOL_BYTES};
+use anki_sync_lite::collection::{changes, chunks, graves};
 use anki_sync_lite::storage::schema11;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<StartRequest>(data);
-    let _ = serde_json::from_slice::<ApplyChunkRequest>(data);
-    let _ = serde_json::from_slice::<ApplyChangesRequest>(data);
+    // The request bodies, decoded as the server does, with batches dropped
+    // instead of applied (storage is not what is fuzzed here).
+    let budget = MemoryBudget::new(POOL_BYTES, Duration::ZERO);
+    let account = Account::new(&budget, LIMITS);
+    let _ = graves::receive_start(data, &account, &mut |_| Ok(()), &mut |_| Ok(()));
+    let account = Account::new(&budget, LIMITS);
+    let _ = graves::receive(data, &account, &mut |_| Ok(()));
+    let account = Account::new(&budget, LIMITS);
+    let _ = chunks::receive(data, &account, &mut |_| Ok(()));
+    let account = Account::new(&budget, LIMITS);
+    let _ = changes::receive(data, &account, &mut |_| Ok(()));
+
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
