@@ -146,6 +146,9 @@ pub struct Server {
 
     // anki-sync-lite patch 2: when true, new connections get a `503`
     draining: Arc<AtomicBool>,
+
+    // anki-sync-lite patch 2: the open connections, for `open_connections`
+    registry: Arc<limits::Registry>,
 }
 
 enum Message {
@@ -263,7 +266,8 @@ impl Server {
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
-        let registry = limits::Registry::new(limits);
+        let registry = Arc::new(limits::Registry::new(limits));
+        let inside_registry = registry.clone();
         let rejecter = limits::Rejecter::start()?;
         let draining = Arc::new(AtomicBool::new(false));
         let inside_draining = draining.clone();
@@ -324,7 +328,7 @@ impl Server {
                         // are set here too, on the accepted connection.
                         let slot = match inside_draining.load(Relaxed) {
                             true => Ok(Err(limits::Refusal::Full)),
-                            false => registry.admit(&sock),
+                            false => inside_registry.admit(&sock),
                         };
                         let slot = match slot {
                             Ok(Ok(slot)) => slot,
@@ -406,7 +410,13 @@ impl Server {
             close: close_trigger,
             listening_addr: local_addr,
             draining,
+            registry,
         })
+    }
+
+    /// How many client connections are open now (anki-sync-lite patch 2).
+    pub fn open_connections(&self) -> usize {
+        self.registry.open()
     }
 
     /// Returns an iterator for all the incoming requests.

@@ -133,6 +133,12 @@ impl Registry {
         }
     }
 
+    /// How many connections are open: their slots still live.
+    pub(crate) fn open(&self) -> usize {
+        let open = self.open.lock().unwrap();
+        open.iter().filter(|slot| slot.strong_count() > 0).count()
+    }
+
     /// A slot for a new connection, with the limits' socket options set on
     /// it; or why there is no room for it.
     pub(crate) fn admit(&self, socket: &Connection) -> IoResult<Result<Arc<Slot>, Refusal>> {
@@ -632,6 +638,19 @@ mod tests {
         assert!(!closed(&mut new_client));
         assert!(!closed(&mut head_client));
         drop((new, head));
+    }
+
+    #[test]
+    fn open_counts_the_connections_whose_slots_live() {
+        let registry = registry(3, usize::MAX);
+        assert_eq!(registry.open(), 0);
+        let (a, _a_client) = connect(&registry, None, NOW);
+        let (b, _b_client) = connect(&registry, None, NOW);
+        assert_eq!(registry.open(), 2);
+        drop(a);
+        assert_eq!(registry.open(), 1);
+        drop(b);
+        assert_eq!(registry.open(), 0);
     }
 
     #[test]
