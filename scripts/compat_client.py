@@ -328,7 +328,8 @@ def main() -> int:
         finally:
             close_col(col)
 
-    def read(path: str, fn):
+    def with_col(path: str, fn):
+        """fn(collection at path), closed afterwards."""
         col = open_col(path)
         try:
             return fn(col)
@@ -340,36 +341,24 @@ def main() -> int:
 
     def full_download():
         why = sync_then(path_b, ("FULL_SYNC", "FULL_DOWNLOAD"), full_upload=False)
-        return why or difference(read(path_a, content), read(path_b, content))
+        return why or difference(with_col(path_a, content), with_col(path_b, content))
 
     def normal(src: str, dst: str, change):
-        col = open_col(src)
-        try:
-            change(col)
-        finally:
-            close_col(col)
+        with_col(src, change)
         for path in (src, dst):
             why = sync_then(path, ("NORMAL_SYNC", "NO_CHANGES"))
             if why:
                 return why
-        return difference(read(path_a, content), read(path_b, content))
+        return difference(with_col(path_a, content), with_col(path_b, content))
 
     def media(src: str, dst: str, change):
         if change:
-            col = open_col(src)
-            try:
-                change(col)
-            finally:
-                close_col(col)
+            with_col(src, change)
         for path in (src, dst):
-            col = open_col(path)
-            try:
-                client.media(col, state["auth"])
-            finally:
-                close_col(col)
-        a, b = read(path_a, media_files), read(path_b, media_files)
-        want = read(src, media_files)
-        if read(dst, media_files) != want:
+            with_col(path, lambda col: client.media(col, state["auth"]))
+        a, b = with_col(path_a, media_files), with_col(path_b, media_files)
+        want = with_col(src, media_files)
+        if with_col(dst, media_files) != want:
             return f"media differ: {sorted(a)} vs {sorted(b)}"
         return None
 

@@ -95,6 +95,17 @@ fn make_certificates(dir: &Path) -> bool {
     true
 }
 
+/// A temporary folder with the certificates of [`make_certificates`]; `None`
+/// (and the test says it is skipped) without the `openssl` command.
+fn certificates() -> Option<TempDir> {
+    let certs = TempDir::new().unwrap();
+    if make_certificates(certs.path()) {
+        return Some(certs);
+    }
+    eprintln!("SKIPPED: the `openssl` command is not installed (needed to make test certificates)");
+    None
+}
+
 /// True if `openssl s_client` completes a handshake with `version`
 /// (`-tls1_2` or `-tls1_3`) and verifies the certificate.
 fn handshake(server: &Server, ca: &Path, version: &str) -> bool {
@@ -125,13 +136,9 @@ fn path_str(path: &Path) -> &str {
 /// starts, and no other test in this binary runs beside it.
 #[test]
 fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
-    let certs = TempDir::new().unwrap();
-    if !make_certificates(certs.path()) {
-        eprintln!(
-            "SKIPPED: the `openssl` command is not installed (needed to make test certificates)"
-        );
+    let Some(certs) = certificates() else {
         return;
-    }
+    };
     let ca = certs.path().join("ca.pem");
     let cert = certs.path().join("cert.pem");
     let key = certs.path().join("key.pem");
@@ -213,13 +220,9 @@ fn real_client_syncs_over_https_with_tls_1_2_forced_and_with_1_3() {
 /// certificate of `SYNC_TLS_CERT`.
 #[test]
 fn healthcheck_speaks_https_to_a_server_with_built_in_https() {
-    let certs = TempDir::new().unwrap();
-    if !make_certificates(certs.path()) {
-        eprintln!(
-            "SKIPPED: the `openssl` command is not installed (needed to make test certificates)"
-        );
+    let Some(certs) = certificates() else {
         return;
-    }
+    };
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     // A certificate of some other server, for the same key type.
     assert!(openssl(
@@ -291,13 +294,9 @@ fn healthcheck_speaks_https_to_a_server_with_built_in_https() {
 /// gives the `https://` address to type into Anki.
 #[test]
 fn index_page_gives_the_https_address() {
-    let certs = TempDir::new().unwrap();
-    if !make_certificates(certs.path()) {
-        eprintln!(
-            "SKIPPED: the `openssl` command is not installed (needed to make test certificates)"
-        );
+    let Some(certs) = certificates() else {
         return;
-    }
+    };
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let env = [
         ("SYNC_TLS_CERT", path_str(&cert)),
