@@ -283,7 +283,13 @@ pub fn remove_abandoned_temp_files(user_dir: &Path) {
     };
     let staging = format!("{}.upload-", crate::user::COLLECTION_FILE);
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        // A staged restore is checked with SQLite, whose side files a cut
+        // leaves beside it: they go with it.
+        let name = ["-wal", "-shm", "-journal"]
+            .iter()
+            .find_map(|side| file_name.strip_suffix(side))
+            .unwrap_or(&file_name);
         if !name.ends_with(".tmp") {
             continue;
         }
@@ -590,6 +596,8 @@ mod tests {
             format!("collection.anki2.upload-{me}-ab.tmp"),
             "tmp-4000000000-1.tmp".to_string(),
             "collection.anki2.upload-4000000000-ab.tmp".to_string(),
+            "collection.anki2.upload-4000000000-ab.tmp-wal".to_string(),
+            "collection.anki2.upload-4000000000-ab.tmp-shm".to_string(),
             "other.tmp".to_string(),
         ];
         for name in &names {
