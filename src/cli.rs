@@ -136,8 +136,8 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "SYNC_MAX_CONNECTIONS_PER_IP",
         "8",
-        "open connections from one client address at most (with SYNC_IP_HEADER: unless set, \
-         SYNC_MAX_CONNECTIONS)",
+        "open connections from one client address at most (with SYNC_IP_HEADER other than \
+         ConnectInfo: SYNC_MAX_CONNECTIONS unless set)",
     ),
     tls(
         "SYNC_TLS_CERT, SYNC_TLS_KEY",
