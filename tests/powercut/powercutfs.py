@@ -20,11 +20,13 @@ so a new mount on it (and a restarted server) sees what survived.
 Control (a Unix socket given by --control; one command a line, one answer a
 line; connections are served side by side): `ops` (mutating calls so far),
 `arm K` (freeze at the K-th mutating call from now: it and every later call
-wait, as if the power went off just before it), `disarm`, `freeze` (now), `status`
-(frozen|running), `wait` (answers `frozen` once frozen), `release` (fail every waiting
-and later call with EIO: send it once the processes using the mount are
-SIGKILLed, so they can exit), `cut` (unmount, write the durable state, exit 0),
-`stop` (unmount and exit, keeping everything: a clean shutdown).
+wait, as if the power went off just before it), `disarm`, `freeze` (now),
+`status` (frozen|running), `wait` (answers `frozen` once frozen),
+`writeback` (make everything durable, as the kernel does once the machine
+has idled a while), `release` (fail every waiting and later call with EIO:
+send it once the processes using the mount are SIGKILLed, so they can
+exit), `cut` (unmount, write the durable state, exit 0), `stop` (unmount and
+exit, keeping everything: a clean shutdown).
 
 Written in Python (pyfuse3, trio): the model is a few dictionaries, every
 handler runs to completion on one thread (trio switches tasks only at
@@ -69,8 +71,11 @@ class Node:
         # the durable contents are kept in the store (absent there: empty).
         self.fds: set[int] = set()
         self.clean = True
-        # Permission bits: the ones given at creation, then as of each fsync.
+        # Permission bits: the ones given at creation, then as of each fsync;
+        # times (atime, mtime in ns) as of the last fsync (None: the live ones
+        # while clean, else the time of the first change).
         self.durable_mode = stat.S_IMODE(mode)
+        self.durable_times: Optional[tuple[int, int]] = None
 
 
 class Disk:
@@ -171,12 +176,16 @@ class Disk:
         durable contents, which until now were the live ones."""
         if node.is_dir or not node.clean:
             return
+        st = self.stat(node)
+        node.durable_times = (st.st_atime_ns, st.st_mtime_ns)
         self._copy_live(node, self._stored(node))
         node.clean = False
 
     def fsync(self, node: Node) -> None:
-        """fsync/fdatasync of a file: its contents and mode are durable."""
-        node.durable_mode = stat.S_IMODE(self.stat(node).st_mode)
+        """fsync/fdatasync of a file: its contents, mode and times are durable."""
+        st = self.stat(node)
+        node.durable_mode = stat.S_IMODE(st.st_mode)
+        node.durable_times = (st.st_atime_ns, st.st_mtime_ns)
         if node.is_dir:
             self.fsyncdir(node)
             return
@@ -197,6 +206,16 @@ class Disk:
         """fsync of a folder: its entries are durable (not their contents)."""
         node.durable_entries = dict(node.children)
         node.durable_mode = stat.S_IMODE(self.stat(node).st_mode)
+
+    def writeback(self) -> None:
+        """Everything becomes durable, as after sync(2) or the kernel's
+        write-back once the machine has idled a while."""
+        for node in list(self.nodes.values()):
+            if node.is_dir:
+                if self.linked(node):
+                    self.fsyncdir(node)
+            elif self.linked(node) or node.fds:
+                self.fsync(node)
 
     # ------------------------------------------------------------ changes
 
@@ -302,13 +321,19 @@ class Disk:
                 os.mkdir(path)
                 self._write_durable(node, path, open_dirs)
             else:
+                times = node.durable_times
                 if node.clean:
                     self._copy_live(node, path)
+                    st = self.stat(node)
+                    times = (st.st_atime_ns, st.st_mtime_ns)
                 elif os.path.exists(self._stored(node)):
                     shutil.copyfile(self._stored(node), path)
                 else:
                     open(path, "wb").close()
                 os.chmod(path, node.durable_mode)
+                if times is not None:
+                    # A file's age outlives a power cut (stale-lock checks read it).
+                    os.utime(path, ns=times)
         open_dirs.discard(folder.ino)
 
     def cut(self) -> None:
@@ -575,6 +600,11 @@ def command(fs: PowerCutFS, words: list[str]) -> str:
             return "ok"
         case ["freeze"]:
             fs.freeze()
+            return "ok"
+        case ["writeback"]:
+            if fs.frozen.is_set():
+                return "error: the power is off"
+            fs.disk.writeback()
             return "ok"
         case ["status"] | ["wait"]:
             return "frozen" if fs.frozen.is_set() else "running"

@@ -291,6 +291,18 @@ class PowerCutTests(unittest.TestCase):
         self.assertEqual(self.listing("from"), ["a"])
         self.assertEqual(self.listing("to"), ["keep"])
 
+    def test_file_times_survive_a_cut(self) -> None:
+        self.seed({"old": b"x"})
+        os.utime(self.back("old"), (1_000_000, 1_000_000))
+        fs = self.mount()
+        write(fs.path("new"), b"y", sync=True)
+        os.utime(fs.path("new"), (2_000_000, 2_000_000))
+        write(fs.path("new"), b"z", sync=True)
+        sync_dir(fs.mnt)
+        fs.cut()
+        self.assertEqual(os.stat(self.back("old")).st_mtime, 1_000_000)
+        self.assertGreater(os.stat(self.back("new")).st_mtime, 2_000_000)
+
     def test_chmod_is_durable_at_fsync(self) -> None:
         self.seed({"a": b"x"})
         os.chmod(self.back("a"), 0o644)
@@ -298,6 +310,18 @@ class PowerCutTests(unittest.TestCase):
         os.chmod(fs.path("a"), 0o600)
         fs.cut()
         self.assertEqual(os.stat(self.back("a")).st_mode & 0o777, 0o644)
+
+    def test_writeback_makes_everything_durable(self) -> None:
+        self.seed({"gone": b"x"})
+        fs = self.mount()
+        os.mkdir(fs.path("dir"))
+        write(fs.path("dir/a"), b"data", sync=False)
+        os.unlink(fs.path("gone"))
+        self.assertEqual(fs("writeback"), "ok")
+        write(fs.path("dir/a"), b"later", sync=False)
+        fs.cut()
+        self.assertEqual(self.listing(), ["dir"])
+        self.assertEqual(read(self.back("dir", "a")), b"data")
 
     def test_stop_keeps_everything(self) -> None:
         fs = self.mount()
