@@ -24,6 +24,10 @@ Subcommands:
     media-list --path P                  {name: sha1} of the media folder
     import-colpkg --path P --package F   replace P with a collection package, as File > Import does
     schema11-dump --path P               library schema-11 JSON + raw rows of notetypes/decks/presets
+    batch                                one command a line on stdin (a JSON list of the
+                                         arguments above); each answer one line on stdout:
+                                         `@@ {"ok": RESULT}` or `@@ {"error": ...}`. Saves the
+                                         library's start-up on every call (the power-cut trials)
 """
 
 from __future__ import annotations
@@ -205,6 +209,23 @@ def endpoint_of(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+# Batch mode keeps each account's host key, as the desktop app keeps its
+# login: one hostKey request per account and password, not one per sync.
+# None outside batch mode, where every command logs in.
+HOST_KEYS: dict[tuple[str, str, str], Any] | None = None
+
+
+def login(col: Collection, args: argparse.Namespace) -> Any:
+    endpoint = endpoint_of(args.endpoint)
+    account = (endpoint, args.user, args.password)
+    if HOST_KEYS is not None and account in HOST_KEYS:
+        return HOST_KEYS[account]
+    auth = col.sync_login(args.user, args.password, endpoint)
+    if HOST_KEYS is not None:
+        HOST_KEYS[account] = auth
+    return auth
+
+
 def with_collection(path: str, fn: Callable[[Collection], Any]) -> Any:
     col = Collection(path)
     try:
@@ -225,7 +246,7 @@ def cmd_login(args: argparse.Namespace) -> Any:
 
 def cmd_sync(args: argparse.Namespace) -> Any:
     def run(col: Collection) -> Any:
-        auth = col.sync_login(args.user, args.password, endpoint_of(args.endpoint))
+        auth = login(col, args)
         out = col.sync_collection(auth, sync_media=False)
         return {
             "required": SyncCollectionResponse.ChangesRequired.Name(out.required),
@@ -243,7 +264,7 @@ def full_sync(args: argparse.Namespace, upload: bool) -> Any:
         raise Failure(f"{args.path} does not exist")
 
     def run(col: Collection) -> Any:
-        auth = col.sync_login(args.user, args.password, endpoint_of(args.endpoint))
+        auth = login(col, args)
         started = time.monotonic()
         # As the desktop app does: the backend closes and reopens the
         # collection itself; Python must drop its handle first and reload after.
@@ -541,7 +562,7 @@ def cmd_media_sync(args: argparse.Namespace) -> Any:
     from /sync/meta. Prints the time taken and the final progress."""
 
     def run(col: Collection) -> Any:
-        auth = col.sync_login(args.user, args.password, endpoint_of(args.endpoint))
+        auth = login(col, args)
         started = time.monotonic()
         result: dict[str, Any] = {}
         if args.with_collection:
@@ -622,17 +643,46 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main() -> int:
-    args = parser().parse_args()
+def run_command(args: argparse.Namespace) -> tuple[bool, Any]:
+    """(True, result) or (False, the error object)."""
     try:
-        result = args.fn(args)
+        return True, args.fn(args)
     except SyncError as err:
-        return fail({"error": "SyncError", "kind": err.kind.name, "message": str(err)})
+        return False, {"error": "SyncError", "kind": err.kind.name, "message": str(err)}
     except Failure as err:
-        return fail({"error": "Failure", "message": str(err)})
+        return False, {"error": "Failure", "message": str(err)}
     except Exception as err:  # any library error: report its type, never hide it
-        return fail({"error": type(err).__name__, "message": str(err)})
-    json.dump(result, sys.stdout, ensure_ascii=False, sort_keys=True)
+        return False, {"error": type(err).__name__, "message": str(err)}
+
+
+# Marks answer lines in batch mode, so nothing else the library might print
+# is taken for one.
+BATCH_MARK = "@@ "
+
+
+def batch() -> int:
+    global HOST_KEYS
+    HOST_KEYS = {}
+    top = parser()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        ok, value = run_command(top.parse_args(json.loads(line)))
+        if not ok and value.get("kind") == "AUTH":
+            HOST_KEYS.clear()  # a stale key: log in again next time
+        answer = {"ok": value} if ok else {"error": value}
+        sys.stdout.write(BATCH_MARK + json.dumps(answer, ensure_ascii=False, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:] == ["batch"]:
+        return batch()
+    ok, value = run_command(parser().parse_args())
+    if not ok:
+        return fail(value)
+    json.dump(value, sys.stdout, ensure_ascii=False, sort_keys=True)
     sys.stdout.write("\n")
     return 0
 
