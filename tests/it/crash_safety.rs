@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::data::sha1_hex;
 use crate::support::http::{Conn, HKEY, Reply, zstd};
+use crate::support::rng::Rng;
 use crate::support::{Account, Server, client_ok};
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -36,39 +37,11 @@ fn trials() -> usize {
         .unwrap_or(2)
 }
 
-/// A small xorshift generator, so a failing trial can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(kind: &str) -> Rng {
-        let seed = std::env::var("CRASH_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("{kind}: CRASH_SEED={seed}");
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// The trials' generator, seeded from `CRASH_SEED` or the clock.
+fn rng_from_env(kind: &str) -> Rng {
+    let seed = Rng::seed_from_env("CRASH_SEED");
+    eprintln!("{kind}: CRASH_SEED={seed}");
+    Rng::new(seed)
 }
 
 /// Our server on a `SYNC_BASE` that outlives it, so it can be killed and
@@ -257,7 +230,7 @@ fn check_collection(path: &Path) -> Fingerprint {
 
 #[test]
 fn killed_during_full_upload_keeps_the_old_or_the_whole_new_collection() {
-    let mut rng = Rng::from_env("full upload");
+    let mut rng = rng_from_env("full upload");
     let mut s = Crashable::start();
     let work = TempDir::new().unwrap();
     // Two collections to upload in turn, made by the real client.
@@ -427,7 +400,7 @@ impl RawSync {
 
 #[test]
 fn killed_during_a_normal_sync_commits_all_or_nothing() {
-    let mut rng = Rng::from_env("normal sync");
+    let mut rng = rng_from_env("normal sync");
     let mut s = Crashable::start();
     let work = TempDir::new().unwrap();
     let device = work.path().join("device.anki2");
@@ -672,7 +645,7 @@ fn killed_during_a_media_upload_keeps_folder_and_database_in_step() {
 }
 
 fn media_upload_trials(strict: bool) {
-    let mut rng = Rng::from_env("media upload");
+    let mut rng = rng_from_env("media upload");
     let mut s = Crashable::start();
     let work = TempDir::new().unwrap();
     let device = work.path().join("media-device.anki2");

@@ -9,6 +9,7 @@
 pub mod data;
 pub mod dumps;
 pub mod http;
+pub mod rng;
 
 use std::collections::HashSet;
 use std::fmt;
