@@ -3,22 +3,24 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anki_sync_lite::auth::live::LiveUsers;
-use anki_sync_lite::auth::manage;
+use anki_sync_lite::auth::manage::{self, AccountCommand};
 use anki_sync_lite::backup;
 use anki_sync_lite::backup_cli;
 use anki_sync_lite::budget::{self, MemoryBudget};
-use anki_sync_lite::cli::{self, Command};
+use anki_sync_lite::cli::{self, BackupCommand, Command};
 use anki_sync_lite::config::Config;
 use anki_sync_lite::healthcheck;
 use anki_sync_lite::http::{self, Service};
 use anki_sync_lite::migrate;
 use anki_sync_lite::user::UserStore;
+use anki_sync_lite::{notify, service_env, version};
 
 fn main() -> ExitCode {
     // Before any command creates a file: user data is private.
@@ -28,13 +30,18 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Some(as_owner) = works_on_data(&command) {
+        if let Err(e) = prepare_data_command(&mut env, as_owner) {
+            return fail(&e);
+        }
+    }
     match command {
         Command::Help(topic) => {
             print!("{}", cli::help(topic));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("anki-sync-lite {}", env!("CARGO_PKG_VERSION"));
+            print!("{}", version::text());
             ExitCode::SUCCESS
         }
         Command::Healthcheck => match Config::from_env(&env, false) {
@@ -64,19 +71,115 @@ fn main() -> ExitCode {
     }
 }
 
+/// For commands that read or change the data folder: whether they act as its
+/// owner when root runs them (those that only write inside it); `None` for
+/// the others. `backup export` writes where root asks, and `import-ankisyncd`
+/// reads where root keeps the old server's data: both stay root and give
+/// what they write into the folder to its owner afterwards.
+fn works_on_data(command: &Command) -> Option<bool> {
+    match command {
+        Command::Account(AccountCommand::Hash) => None,
+        Command::Account(_) => Some(true),
+        Command::Backup(BackupCommand::Export { .. }) | Command::ImportAnkisyncd { .. } => {
+            Some(false)
+        }
+        Command::Backup(_) => Some(true),
+        Command::Serve | Command::Healthcheck | Command::Help(_) | Command::Version => None,
+    }
+}
+
+/// Before a data command: find the installed service's settings when no
+/// data folder is given (src/service_env.rs), then, if `as_owner` and root
+/// runs it on a folder that belongs to another account (the service's),
+/// become that account, so that all it writes is the service's to read and
+/// it sees the folder as the service does.
+fn prepare_data_command(env: &mut HashMap<String, String>, as_owner: bool) -> Result<(), String> {
+    service_env::fill_from(env, Path::new(service_env::ENV_FILE))?;
+    if !as_owner {
+        return Ok(());
+    }
+    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
+    match foreign_owner(&config.base)? {
+        Some((uid, gid)) => become_account(uid, gid, &config.base),
+        None => Ok(()),
+    }
+}
+
+/// The owner of `base` when we are root and it is another account's; `None`
+/// otherwise (also for a folder that does not exist yet).
+fn foreign_owner(base: &Path) -> Result<Option<(u32, u32)>, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    match std::fs::metadata(base) {
+        Ok(meta) if meta.uid() != 0 => Ok(Some((meta.uid(), meta.gid()))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", base.display())),
+    }
+}
+
+fn become_account(uid: u32, gid: u32, base: &Path) -> Result<(), String> {
+    // SAFETY: plain system calls on integers, made before any other thread
+    // exists; groups first, then the group, then the user (after which the
+    // first two would be refused).
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+    };
+    if failed {
+        return Err(format!(
+            "becoming uid {uid} (the owner of {}): {}",
+            base.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Gives `path` and everything under it to `owner` (symbolic links
+/// themselves, never what they point to).
+fn give_tree(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_tree(&entry?.path(), (uid, gid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Exits 1 if any user failed (each is reported on stdout) or nothing ran.
 fn import_ankisyncd(env: &HashMap<String, String>, dir: PathBuf, force: bool) -> ExitCode {
     let config = match Config::from_env(env, false) {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
     };
+    // Root imports into a service's folder: what it writes goes to the
+    // folder's owner afterwards (the source may be readable by root only).
+    let owner = match foreign_owner(&config.base) {
+        Ok(owner) => owner,
+        Err(e) => return fail(&e),
+    };
     let options = migrate::Options {
         source: dir,
-        base: config.base,
+        base: config.base.clone(),
         force,
         configured: config.users.into_iter().map(|u| u.name).collect(),
     };
-    match migrate::run(&options, &mut std::io::stdout().lock()) {
+    let result = migrate::run(&options, &mut std::io::stdout().lock());
+    if let Some(owner) = owner {
+        if let Err(e) = give_tree(&config.base, owner) {
+            return fail(&format!(
+                "giving {} to uid {}: {e}",
+                config.base.display(),
+                owner.0
+            ));
+        }
+    }
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => fail(&e),
@@ -109,7 +212,7 @@ fn tune_allocator() {}
 
 fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     tune_allocator();
-    // Users may also come from the users file: `LiveUsers` checks there is one.
+    // Users may also come from the users file, or be added later.
     let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
     anki_sync_lite::logger::init(config.log_level)
         .map_err(|e| format!("starting the logger: {e}"))?;
@@ -122,8 +225,11 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("installing the signal handler: {e}"))?;
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        let _ = notify::send("STOPPING=1");
+    })
+    .map_err(|e| format!("installing the signal handler: {e}"))?;
 
     log::info!(
         "anki-sync-lite {} serving {} user(s) from {}",
@@ -131,6 +237,17 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         users.current().len(),
         config.base.display()
     );
+    // The port is bound, so connections wait in its backlog from now on.
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}{}", config.base_path);
+    if let Err(e) = notify::send("READY=1") {
+        log::warn!("telling systemd the service is ready: {e}");
+    }
+    notify::keep_status(config.users.len(), config.base.clone(), url);
     let service = Service {
         config,
         users,

@@ -80,16 +80,16 @@ impl LiveUsers {
         if let FileState::Unreadable(e) = &state {
             return Err(format!("cannot read {}: {e}", path.display()));
         }
-        if env.is_empty() && state == FileState::Missing {
-            return Err(format!(
-                "No users defined; SYNC_USER1 env var should be set, or add a user with `anki-sync-lite user add NAME` (it goes to {})",
-                path.display()
-            ));
-        }
         let file = UsersFile::load(&path)?;
         let users = Users::build(&env, passwords_hashed, &file).map_err(|e| e.to_string())?;
+        // Unlike the official server, no users is no reason to stop: a fresh
+        // install (a package, a container) runs and says what to do next,
+        // here, on its `/` page and in `systemctl status`.
         if users.is_empty() {
-            warn!("no users yet: add one with `anki-sync-lite user add NAME` (no restart needed)");
+            warn!(
+                "no users yet: add one with `anki-sync-lite user add NAME` (it goes to {}; no restart needed), or set SYNC_USER1=name:password",
+                path.display()
+            );
         }
         Ok(LiveUsers {
             env,
@@ -218,14 +218,16 @@ mod tests {
     }
 
     #[test]
-    fn start_up_needs_some_user_and_a_good_file() {
+    fn start_up_needs_a_good_file_but_no_user() {
         let base = tempfile::tempdir().unwrap();
-        let err = LiveUsers::load(Vec::new(), false, base.path())
-            .err()
-            .unwrap();
-        assert!(err.contains("No users defined"), "{err}");
+        // No users at all: the server starts, and the first `user add` counts.
+        let live = LiveUsers::load(Vec::new(), false, base.path()).unwrap();
+        assert!(live.current().is_empty());
         let path = users_file::path(base.path());
-        // An existing (even empty) users file is enough: users can be added live.
+        let mut file = UsersFile::default();
+        file.add("carol", PHC).unwrap();
+        file.save(&path).unwrap();
+        assert_eq!(live.refresh().unwrap().added, ["carol"]);
         fs::write(&path, "").unwrap();
         assert!(LiveUsers::load(Vec::new(), false, base.path()).is_ok());
         fs::write(&path, "x:y\n").unwrap();

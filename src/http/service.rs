@@ -537,11 +537,15 @@ impl Service {
                 Some(_) => "https".into(),
                 None => "http".into(),
             });
-        format!(
+        let mut page = format!(
             "anki-sync-lite {} is running.\n\nIn Anki, set the self-hosted sync server to:\n\n    {scheme}://{host}{}\n\n(with the final slash), then log in with your user name and password.\n",
             env!("CARGO_PKG_VERSION"),
             self.config.base_path
-        )
+        );
+        if self.current_users().is_empty() {
+            page.push_str(NO_USERS_YET);
+        }
+        page
     }
 
     fn client_ip(&self, request: &Request) -> String {
@@ -585,6 +589,9 @@ fn decoded<T>(
         }
     })
 }
+
+/// The index page's next step on a fresh install.
+const NO_USERS_YET: &str = "\nThere are no users yet. On the server, add one with\n\n    sudo anki-sync-lite user add NAME\n\n(it asks for the password; no restart needed), or set SYNC_USER1=NAME:PASSWORD.\n";
 
 /// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
 /// bomb aimed at them cannot grow a huge JSON string in memory.

@@ -2,7 +2,9 @@
 //! takes effect without a restart (a new user logs in with the real client;
 //! after `user passwd` the old host key gets 403), `user remove` keeps the
 //! data unless `--purge`, `SYNC_USERn_FILE` reads an account from a file,
-//! and `anki-sync-lite hash` makes PHC strings the server accepts.
+//! and `anki-sync-lite hash` makes PHC strings the server accepts. A server
+//! with no users at all runs and says how to add one; root's commands act as
+//! the data folder's owner.
 //!
 //! Our server only: the official one has none of this.
 
@@ -267,4 +269,66 @@ fn user_add_run_as_root_gives_the_users_file_the_data_folders_owner() {
     cli(base.path(), &["user", "passwd", "alice"], "other\n");
     let meta = fs::metadata(base.path().join("users.txt")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (61234, 61235));
+}
+
+/// A fresh install: no `SYNC_USERn`, no users file. The server runs, its `/`
+/// page and its log say how to add a user, and the first `user add` works
+/// at once.
+#[test]
+fn a_server_without_users_runs_and_says_how_to_add_one() {
+    let base = tempfile::tempdir().unwrap();
+    let base_arg = base.path().to_str().unwrap();
+    let server = Server::start_ours(&[], &[("SYNC_BASE", base_arg)]);
+    let page = |server: &Server| {
+        let reply = Conn::open(server).send("GET", "/", &[], b"");
+        assert_eq!(reply.status, 200);
+        String::from_utf8(reply.body).unwrap()
+    };
+    let before = page(&server);
+    assert!(
+        before.contains("no users yet") && before.contains("sudo anki-sync-lite user add NAME"),
+        "{before}"
+    );
+    assert!(server.log().contains("no users yet"), "{}", server.log());
+
+    cli(base.path(), &["user", "add", "alice"], "secret\n");
+    let key = client_login(&server, "alice", "secret");
+    assert_eq!(meta_status(&server, &key), 200);
+    let after = page(&server);
+    assert!(!after.contains("no users yet"), "{after}");
+}
+
+/// Root's `user`, `backup list` and `backup restore` commands on the folder
+/// of a service that runs as its own account act as that account (the test
+/// above checks what they write): they see the folder exactly as the service
+/// does, so a users file only root can read is unreadable to them too, and
+/// they say so instead of reporting users the service cannot see.
+#[test]
+fn root_acts_as_the_data_folders_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // /proc/self belongs to the effective user.
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("skipped: only root can hand a folder to another user (CI runs as root)");
+        return;
+    }
+    let parent = tempfile::tempdir().unwrap();
+    fs::set_permissions(parent.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let base = parent.path().join("data");
+    fs::create_dir(&base).unwrap();
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
+    let nobody = 65534;
+    std::os::unix::fs::chown(&base, Some(nobody), Some(nobody)).unwrap();
+    cli(&base, &["user", "add", "alice"], "secret\n");
+    let list = cli(&base, &["user", "list"], "");
+    assert!(list.contains("alice"), "{list}");
+
+    std::os::unix::fs::chown(base.join("users.txt"), Some(0), Some(0)).unwrap();
+    assert_eq!(fs::metadata(base.join("users.txt")).unwrap().uid(), 0);
+    let base_arg = base.to_str().unwrap();
+    let out = run_ours(&["user", "list", "--base", base_arg], "", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
 }
