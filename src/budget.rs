@@ -152,37 +152,52 @@ pub struct Limits {
 /// the current item began and since the last batch was applied. What it drew
 /// from the pool goes back when it is dropped (a parser keeps the buffers it
 /// grew until the request ends, so nothing is given back earlier).
+///
+/// The parser reads one byte at a time, so counting is kept to an addition
+/// and a comparison per read: `consumed` runs on, the item and the batch
+/// are marks in it, and `check_at` is where the next limit lies.
 pub struct Account<'b> {
     budget: &'b MemoryBudget,
     limits: Limits,
     /// What is being read now, for the refusal's message.
     item: Cell<&'static str>,
-    since_item: Cell<u64>,
-    since_flush: Cell<u64>,
+    consumed: Cell<u64>,
+    item_start: Cell<u64>,
+    flush_start: Cell<u64>,
+    check_at: Cell<u64>,
     drawn: Cell<u64>,
 }
 
 impl<'b> Account<'b> {
     pub fn new(budget: &'b MemoryBudget, limits: Limits) -> Account<'b> {
-        Account {
+        let account = Account {
             budget,
             limits,
             item: Cell::new("request"),
-            since_item: Cell::new(0),
-            since_flush: Cell::new(0),
+            consumed: Cell::new(0),
+            item_start: Cell::new(0),
+            flush_start: Cell::new(0),
+            check_at: Cell::new(0),
             drawn: Cell::new(0),
-        }
+        };
+        account.set_check();
+        account
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// Wraps the decoded body: every byte read through it is counted.
+    /// Wraps the decoded body: every byte read through it is counted. It
+    /// reads `inner` in blocks of [`READ_BLOCK`], so nothing beneath it
+    /// needs a buffer.
     pub fn reader<R: Read>(&self, inner: R) -> Metered<'_, 'b, R> {
         Metered {
             inner,
             account: self,
+            buf: vec![0; READ_BLOCK].into_boxed_slice(),
+            pos: 0,
+            len: 0,
         }
     }
 
@@ -190,18 +205,20 @@ impl<'b> Account<'b> {
     /// here.
     pub fn begin_item(&self, what: &'static str) {
         self.item.set(what);
-        self.since_item.set(0);
+        self.item_start.set(self.consumed.get());
+        self.set_check();
     }
 
     /// Bytes read since the last applied batch: an upper bound of what the
     /// decoded batch holds.
     pub fn held(&self) -> u64 {
-        self.since_flush.get()
+        self.consumed.get() - self.flush_start.get()
     }
 
     /// The batch was applied and dropped.
     pub fn flushed(&self) {
-        self.since_flush.set(0);
+        self.flush_start.set(self.consumed.get());
+        self.set_check();
     }
 
     /// Bytes drawn from the pool so far.
@@ -209,27 +226,48 @@ impl<'b> Account<'b> {
         self.drawn.get()
     }
 
+    /// The count past which [`charge`](Self::charge) must look at the
+    /// limits: the end of the item, or the end of the allowance while
+    /// nothing is drawn.
+    fn set_check(&self) {
+        let item_end = self.item_start.get() + self.limits.item;
+        let allowance_end = if self.drawn.get() == 0 {
+            self.flush_start.get() + self.limits.allowance
+        } else {
+            u64::MAX
+        };
+        self.check_at.set(item_end.min(allowance_end));
+    }
+
+    #[inline]
     fn charge(&self, n: u64) -> io::Result<()> {
-        let since_item = self.since_item.get() + n;
-        self.since_item.set(since_item);
-        if since_item > self.limits.item {
+        let consumed = self.consumed.get() + n;
+        self.consumed.set(consumed);
+        if consumed > self.check_at.get() {
+            return self.check_limits(consumed);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn check_limits(&self, consumed: u64) -> io::Result<()> {
+        if consumed - self.item_start.get() > self.limits.item {
             return Err(io::Error::other(Refusal::ItemTooLarge {
                 what: self.item.get(),
                 limit: self.limits.item,
             }));
         }
-        let held = self.since_flush.get() + n;
-        self.since_flush.set(held);
         // Past its allowance a request holds at most one item more (batches
         // are applied before they outgrow the allowance), so it draws that
         // once: a request never waits while holding part of the pool, and
         // two waiting requests cannot starve each other.
-        if held > self.limits.allowance && self.drawn.get() == 0 {
+        if consumed - self.flush_start.get() > self.limits.allowance && self.drawn.get() == 0 {
             let wanted = self.limits.item;
             if !self.budget.draw(wanted) {
                 return Err(io::Error::other(Refusal::Busy { wanted }));
             }
             self.drawn.set(wanted);
+            self.set_check();
         }
         Ok(())
     }
@@ -241,15 +279,53 @@ impl Drop for Account<'_> {
     }
 }
 
-/// A reader that charges every byte to an [`Account`].
+/// Bytes [`Metered`] reads from the body at a time.
+pub const READ_BLOCK: usize = 32 * 1024;
+
+/// A buffered reader that charges every byte it hands out to an
+/// [`Account`]. serde_json asks its reader for one byte at a time, which
+/// should not each be a call into the decompressor; with the buffer here
+/// (rather than a `BufReader` beneath) a byte costs a copy and a count. The
+/// account counts above the buffer, exactly at the parser's position, so an
+/// item's bytes are never counted for its neighbour.
 pub struct Metered<'a, 'b, R> {
     inner: R,
     account: &'a Account<'b>,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+impl<R: Read> Metered<'_, '_, R> {
+    #[cold]
+    fn refill(&mut self) -> io::Result<()> {
+        self.pos = 0;
+        self.len = 0;
+        self.len = loop {
+            match self.inner.read(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        Ok(())
+    }
 }
 
 impl<R: Read> Read for Metered<'_, '_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+    #[inline]
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.len {
+            if out.len() >= self.buf.len() {
+                // A large read bypasses the buffer.
+                let n = self.inner.read(out)?;
+                self.account.charge(n as u64)?;
+                return Ok(n);
+            }
+            self.refill()?;
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         self.account.charge(n as u64)?;
         Ok(n)
     }
@@ -271,6 +347,39 @@ mod tests {
         let data = vec![b'x'; bytes];
         let mut reader = account.reader(&data[..]);
         io::copy(&mut reader, &mut io::sink()).map(|_| ())
+    }
+
+    #[test]
+    fn bytes_count_where_the_parser_is_not_where_the_buffer_is() {
+        let budget = MemoryBudget::new(10 * LIMITS.item, Duration::ZERO);
+        let account = Account::new(&budget, LIMITS);
+        let data = vec![b'x'; 4 * LIMITS.item as usize];
+        let mut reader = account.reader(&data[..]);
+        let mut byte = [0u8];
+        // The reader has buffered far ahead, but only what was handed out
+        // counts: a whole item's worth, twice, right at the limit.
+        for _ in 0..2 {
+            account.begin_item("note row");
+            for _ in 0..LIMITS.item {
+                assert_eq!(reader.read(&mut byte).unwrap(), 1);
+            }
+        }
+        assert_eq!(account.held(), 2 * LIMITS.item);
+        account.flushed();
+        assert_eq!(account.held(), 0);
+        // One byte more than an item, and the item is refused.
+        account.begin_item("card row");
+        for _ in 0..LIMITS.item {
+            assert_eq!(reader.read(&mut byte).unwrap(), 1);
+        }
+        let err = reader.read(&mut byte).unwrap_err();
+        assert_eq!(
+            refusal(&err),
+            Some(Refusal::ItemTooLarge {
+                what: "card row",
+                limit: LIMITS.item
+            })
+        );
     }
 
     #[test]

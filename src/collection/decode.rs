@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -25,13 +25,6 @@ pub const BATCH_BYTES: u64 = 128 * 1024;
 /// ...or this many items (a full chunk of small rows is one batch, written
 /// with the multi-row statements of `chunks`).
 pub const BATCH_ITEMS: usize = 256;
-
-/// The body is read through a buffer of this size: serde_json asks its
-/// reader for one byte at a time, which should not each be a call into the
-/// decompressor. The account counts above the buffer, exactly at the
-/// parser's position, so an item's bytes are never counted for its
-/// neighbour.
-const JSON_BUFFER: usize = 32 * 1024;
 
 /// What decoding a body can fail with.
 #[derive(Debug)]
@@ -67,8 +60,7 @@ impl From<SyncError> for DecodeError {
 }
 
 /// The JSON parser over a metered body.
-pub type Parser<'a, 'b, R> =
-    serde_json::Deserializer<serde_json::de::IoRead<Metered<'a, 'b, BufReader<R>>>>;
+pub type Parser<'a, 'b, R> = serde_json::Deserializer<serde_json::de::IoRead<Metered<'a, 'b, R>>>;
 
 /// Parses `body` with `parse`, then checks nothing but whitespace follows.
 /// Errors of `parse` that carry a cause (a failed batch, an object too
@@ -79,8 +71,7 @@ pub fn run<R: Read, T>(
     stash: &Stash,
     parse: impl FnOnce(&mut Parser<'_, '_, R>) -> serde_json::Result<T>,
 ) -> Result<T, DecodeError> {
-    let buffered = BufReader::with_capacity(JSON_BUFFER, body);
-    let mut parser = serde_json::Deserializer::from_reader(account.reader(buffered));
+    let mut parser = serde_json::Deserializer::from_reader(account.reader(body));
     let result = parse(&mut parser).and_then(|value| parser.end().map(|_| value));
     result.map_err(|e| match stash.take() {
         Some(cause) => cause,
