@@ -345,11 +345,12 @@ pub fn apply(
             Change::DeckConfig(json) => apply_deck_config(col, &json, usn)?,
             Change::Tag(tag) => apply_tag(col, &tag, usn)?,
             Change::Crt(crt) => {
-                col.execute("update col set crt = ?", [crt])?;
+                col.prepare_cached("update col set crt = ?")?
+                    .execute([crt])?;
             }
             // The newer side's config replaces ours completely.
             Change::ConfigReplaced => {
-                col.execute("delete from config", [])?;
+                col.prepare_cached("delete from config")?.execute([])?;
             }
             Change::Config(key, bytes) => {
                 col.prepare_cached(
@@ -382,19 +383,22 @@ pub fn server_changes(col: &Connection, state: &SyncState) -> Result<UnchunkedCh
             changes.decks.1.push(schema11::deckconfig_to_json(&conf));
         }
     }
-    let mut stmt = col.prepare("select tag from tags where usn >= ?")?;
+    let mut stmt = col.prepare_cached("select tag from tags where usn >= ?")?;
     changes.tags = stmt
         .query_map([since], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     if !state.client_is_newer {
         changes.conf = Some(all_config(col)?);
-        changes.crt = Some(col.query_row("select crt from col", [], |r| r.get(0))?);
+        changes.crt = Some(
+            col.prepare_cached("select crt from col")?
+                .query_row([], |r| r.get(0))?,
+        );
     }
     Ok(changes)
 }
 
 fn all_config(col: &Connection) -> Result<Map<String, Value>, SyncError> {
-    let mut stmt = col.prepare("select key, val from config")?;
+    let mut stmt = col.prepare_cached("select key, val from config")?;
     let mut conf = Map::new();
     for row in stmt.query_map([], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))

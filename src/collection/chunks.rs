@@ -216,7 +216,7 @@ pub fn next(col: &Connection, state: &mut SyncState) -> Result<Chunk, SyncError>
 }
 
 fn ids_since(col: &Connection, table: &str, usn: i32) -> Result<Vec<i64>, SyncError> {
-    let mut stmt = col.prepare(&format!("select id from {table} where usn >= ?"))?;
+    let mut stmt = col.prepare_cached(&format!("select id from {table} where usn >= ?"))?;
     let ids = stmt
         .query_map([usn], |r| r.get(0))?
         .collect::<Result<Vec<i64>, _>>()?;

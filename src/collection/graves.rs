@@ -311,7 +311,7 @@ impl<'de> Visitor<'de> for LenientId {
 /// The server's graves with `usn >= min_usn`.
 pub fn since(col: &Connection, min_usn: i32) -> Result<Graves, SyncError> {
     let mut graves = Graves::default();
-    let mut stmt = col.prepare("select oid, type from graves where usn >= ?")?;
+    let mut stmt = col.prepare_cached("select oid, type from graves where usn >= ?")?;
     let rows = stmt.query_map([min_usn], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
     })?;

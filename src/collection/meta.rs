@@ -50,13 +50,12 @@ pub fn meta(
     if !(SYNC_VERSION_MIN..=SYNC_VERSION_MAX).contains(&req.v) {
         return Err(SyncError::ClientTooOld(format!("meta version {}", req.v)));
     }
-    let (modified, mut scm, usn): (i64, i64, i32) =
-        col.query_row("select mod, scm, usn from col", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    let empty = !col.query_row("select exists(select 1 from cards)", [], |r| {
-        r.get::<_, bool>(0)
-    })?;
+    let (modified, mut scm, usn): (i64, i64, i32) = col
+        .prepare_cached("select mod, scm, usn from col")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let empty = !col
+        .prepare_cached("select exists(select 1 from cards)")?
+        .query_row([], |r| r.get::<_, bool>(0))?;
     if ctx.file_size > ctx.max_payload_bytes {
         // Too big to send: a changing schema stamp forces a one-way sync.
         scm = ctx.now_ms;
@@ -102,7 +101,8 @@ fn legacy_gate(col: &Connection, version: u8) -> Result<(bool, String), SyncErro
 
 fn config_value(col: &Connection, key: &str) -> Result<Option<serde_json::Value>, SyncError> {
     let raw: Option<Vec<u8>> = col
-        .query_row("select val from config where key = ?", [key], |r| r.get(0))
+        .prepare_cached("select val from config where key = ?")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }

@@ -27,11 +27,10 @@ pub struct SanityResponse {
 /// ignored (older clients can hold duplicate graves).
 pub fn check(col: &Connection, client: Counts) -> Result<SanityResponse, SyncError> {
     let c = normalize(client);
-    let pending: bool = col.query_row(
-        "select exists(select 1 from cards where usn = -1) or exists(select 1 from notes where usn = -1)
+    let pending: bool = col.prepare_cached("select exists(select 1 from cards where usn = -1) or exists(select 1 from notes where usn = -1)
              or exists(select 1 from revlog where usn = -1) or exists(select 1 from graves where usn = -1)
              or exists(select 1 from decks where usn = -1) or exists(select 1 from deck_config where usn = -1)
-             or exists(select 1 from tags where usn = -1) or exists(select 1 from notetypes where usn = -1)",
+             or exists(select 1 from tags where usn = -1) or exists(select 1 from notetypes where usn = -1)")?.query_row(
         [],
         |r| r.get(0),
     )?;
@@ -43,7 +42,9 @@ pub fn check(col: &Connection, client: Counts) -> Result<SanityResponse, SyncErr
         });
     }
     let count = |table: &str| -> Result<i64, SyncError> {
-        Ok(col.query_row(&format!("select count(*) from {table}"), [], |r| r.get(0))?)
+        Ok(col
+            .prepare_cached(&format!("select count(*) from {table}"))?
+            .query_row([], |r| r.get(0))?)
     };
     let s = (
         vec![0, 0, 0],

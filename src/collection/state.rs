@@ -60,7 +60,10 @@ pub fn begin<'a>(
     user.abort_sync();
     let (col, slot) = user.sync_parts()?;
     col.execute_batch("begin immediate")?;
-    let server_usn = match col.query_row("select usn from col", [], |r| r.get(0)) {
+    let server_usn = match col
+        .prepare_cached("select usn from col")?
+        .query_row([], |r| r.get(0))
+    {
         Ok(usn) => usn,
         Err(e) => {
             let _ = col.execute_batch("rollback");
@@ -128,7 +131,8 @@ pub fn step<T>(
 /// transaction. Returns `now` (ms), which the client stores as its `mod`.
 pub fn finish(user: &mut UserState, session: &str, now_ms: i64) -> Result<Summary, SyncError> {
     let summary = step(user, session, |col, st| {
-        col.execute("update col set ls = ?1, mod = ?1, usn = usn + 1", [now_ms])?;
+        col.prepare_cached("update col set ls = ?1, mod = ?1, usn = usn + 1")?
+            .execute([now_ms])?;
         col.execute_batch("commit")?;
         Ok(Summary {
             now_ms,

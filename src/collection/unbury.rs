@@ -40,15 +40,16 @@ pub fn unbury_if_day_rolled_over(col: &Connection, now_secs: i64) -> Result<usiz
         return Ok(0);
     }
     // Each buried card goes back to the queue its type implies.
-    let unburied = col.execute(
-        "update cards set queue = case type
+    let unburied = col
+        .prepare_cached(
+            "update cards set queue = case type
              when 0 then 0
              when 2 then 2
              else case when due > ?1 then 1 else 3 end
          end
          where queue in (-2, -3) and type in (0, 1, 2, 3)",
-        [TIMESTAMP_DUE],
-    )?;
+        )?
+        .execute([TIMESTAMP_DUE])?;
     set_config(col, "lastUnburied", &today.to_string(), now_secs)?;
     Ok(unburied)
 }
@@ -56,7 +57,9 @@ pub fn unbury_if_day_rolled_over(col: &Connection, now_secs: i64) -> Result<usiz
 /// The scheduler's day number: days since the collection was created, with
 /// the day starting at the rollover hour.
 fn today(col: &Connection, now_secs: i64) -> Result<u32, SyncError> {
-    let crt: i64 = col.query_row("select crt from col", [], |r| r.get(0))?;
+    let crt: i64 = col
+        .prepare_cached("select crt from col")?
+        .query_row([], |r| r.get(0))?;
     let v2 = config(col, "schedVer")?.and_then(|v| v.as_u64()) == Some(2);
     if !v2 {
         return Ok(days_v1(crt, now_secs));
@@ -123,7 +126,8 @@ fn offset_secs(col: &Connection, key: &str) -> Result<Option<i64>, SyncError> {
 
 fn config(col: &Connection, key: &str) -> Result<Option<Value>, SyncError> {
     let raw: Option<Vec<u8>> = col
-        .query_row("select val from config where key = ?", [key], |r| r.get(0))
+        .prepare_cached("select val from config where key = ?")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     Ok(raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
@@ -132,16 +136,17 @@ fn config(col: &Connection, key: &str) -> Result<Option<Value>, SyncError> {
 /// the collection's, mtime now; an unchanged value is left alone.
 fn set_config(col: &Connection, key: &str, json: &str, now_secs: i64) -> Result<(), SyncError> {
     let current: Option<Vec<u8>> = col
-        .query_row("select val from config where key = ?", [key], |r| r.get(0))
+        .prepare_cached("select val from config where key = ?")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     if current.as_deref() == Some(json.as_bytes()) {
         return Ok(());
     }
-    col.execute(
+    col.prepare_cached(
         "insert or replace into config (key, usn, mtime_secs, val)
          values (?1, (select usn from col), ?2, ?3)",
-        params![key, now_secs, json.as_bytes()],
-    )?;
+    )?
+    .execute(params![key, now_secs, json.as_bytes()])?;
     Ok(())
 }
 
