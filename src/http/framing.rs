@@ -159,9 +159,11 @@ pub fn zstd_body<'a, R: Read + 'a>(raw: R, limits: BodyLimits) -> io::Result<Box
     )))
 }
 
-/// Compresses a small in-memory payload for a v11 response.
+/// Compresses a small in-memory payload for a v11 response. In one call
+/// with its size known, zstd sizes its window and tables to the payload
+/// (a streaming encoder would set up, and clear, tables for 512 KiB).
 pub fn compress(payload: &[u8]) -> io::Result<Vec<u8>> {
-    zstd::encode_all(payload, RESPONSE_ZSTD_LEVEL)
+    zstd::bulk::compress(payload, RESPONSE_ZSTD_LEVEL)
 }
 
 /// Compresses a stream (e.g. a collection file) while it is being sent.
