@@ -314,7 +314,10 @@ impl Request {
             self.must_send_continue = false;
         }
 
-        self.data_reader.as_mut().unwrap().as_mut()
+        // The box itself is the reader (Box<dyn Body> is Read): casting the
+        // `dyn Body` inside to `dyn Read` would be trait upcasting, which
+        // needs Rust 1.86, past the 1.85 the ARM and release builds use.
+        self.data_reader.as_mut().unwrap()
     }
 
     /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
