@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{info, warn};
 
 use crate::collection::full;
+use crate::error::{OrSyncError, SyncError};
 use crate::storage;
 use crate::user::{UserState, now_millis};
 use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
@@ -357,44 +358,52 @@ pub fn apply_pending_restore(state: &mut UserState) {
 /// sets `scm` and `mod` to `now_ms` so every device is told a full sync is
 /// needed, and stages it for the server to swap in. Replaces a restore
 /// staged earlier and not yet applied.
-pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<Backup, String> {
-    let backups = list(user_dir).map_err(|e| format!("reading the backups: {e}"))?;
+pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<Backup, SyncError> {
+    let backups = list(user_dir).or_internal("reading the backups")?;
     let chosen = resolve(&backups, id)?.clone();
-    let source = File::open(&chosen.path).map_err(|e| format!("{}: {e}", chosen.file))?;
+    let source = File::open(&chosen.path).or_internal(chosen.file.clone())?;
     let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(source))
-        .map_err(|e| format!("{}: {e}", chosen.file))?;
+        .or_internal(chosen.file.clone())?;
     let dir = backups_dir(user_dir);
     let temp = full::receive(&dir, &mut decoder).map_err(|e| match e {
-        full::ReceiveError::Body(e) => format!("{} is damaged: {e}", chosen.file),
-        full::ReceiveError::Disk(e) => format!("writing into {}: {e}", dir.display()),
+        full::ReceiveError::Body(e) => {
+            SyncError::bad_request(format!("{} is damaged", chosen.file)).with_source(e)
+        }
+        full::ReceiveError::Disk(e) => {
+            SyncError::internal(format!("writing into {}", dir.display())).with_source(e)
+        }
     })?;
-    full::validate(&temp)
-        .map_err(|why| format!("{} is not a usable collection: {why}", chosen.file))?;
+    full::validate(&temp).or_bad_request(format!("{} is not a usable collection", chosen.file))?;
     let stamp = storage::open(temp.path()).and_then(|conn| {
         conn.execute("update col set scm = ?1, mod = ?1", [now_ms])?;
         conn.close().map_err(|(_, e)| e)
     });
-    stamp.map_err(|e| format!("marking the restored collection: {e}"))?;
+    stamp.or_internal("marking the restored collection")?;
     temp.persist(&pending_path(user_dir))
         .and_then(|()| crate::fsutil::sync_dir(&dir))
-        .map_err(|e| format!("staging the restore in {}: {e}", dir.display()))?;
+        .or_internal(format!("staging the restore in {}", dir.display()))?;
     Ok(chosen)
 }
 
 /// The folder of `user` under `base`, for the command line: the name must
 /// follow the user-name rule and the folder must exist.
-pub fn user_dir(base: &Path, user: &str) -> Result<PathBuf, String> {
+pub fn user_dir(base: &Path, user: &str) -> Result<PathBuf, SyncError> {
     if let Some(problem) = crate::config::user_name_problem(user) {
-        return Err(format!("{user:?} is not a user name: {problem}"));
+        return Err(SyncError::bad_request(format!(
+            "{user:?} is not a user name: {problem}"
+        )));
     }
     let dir = base.join(user);
     if !dir.is_dir() {
-        return Err(format!("no user {user:?} in {}", base.display()));
+        return Err(SyncError::bad_request(format!(
+            "no user {user:?} in {}",
+            base.display()
+        )));
     }
     Ok(dir)
 }
 
-pub fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup, String> {
+pub fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup, SyncError> {
     let found = match id {
         None => backups.first(),
         Some(id) => match id.parse::<usize>() {
@@ -404,8 +413,8 @@ pub fn resolve<'a>(backups: &'a [Backup], id: Option<&str>) -> Result<&'a Backup
         },
     };
     found.ok_or_else(|| match id {
-        _ if backups.is_empty() => "there are no backups".to_string(),
-        Some(id) => format!("no backup {id:?} (see `backup list`)"),
+        _ if backups.is_empty() => SyncError::bad_request("there are no backups"),
+        Some(id) => SyncError::bad_request(format!("no backup {id:?} (see `backup list`)")),
         None => unreachable!("the newest of a non-empty list exists"),
     })
 }
@@ -750,6 +759,7 @@ mod tests {
         assert!(
             stage_restore(&dir, None, 1)
                 .unwrap_err()
+                .to_string()
                 .contains("no backups")
         );
         let backups = backups_dir(&dir);
@@ -775,19 +785,21 @@ mod tests {
         fs::write(backups.join(&truncated), &good[..good.len() / 2]).unwrap();
 
         let err = stage_restore(&dir, Some(&not_zstd), 1).unwrap_err();
-        assert!(err.contains("damaged"), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
         let err = stage_restore(&dir, Some(&not_sqlite), 1).unwrap_err();
-        assert!(err.contains("not a usable collection"), "{err}");
+        assert!(err.to_string().contains("not a usable collection"), "{err}");
         let err = stage_restore(&dir, Some("2"), 1).unwrap_err();
-        assert!(err.contains("damaged"), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
         assert!(
             stage_restore(&dir, Some("9"), 1)
                 .unwrap_err()
+                .to_string()
                 .contains("no backup")
         );
         assert!(
             stage_restore(&dir, Some("0"), 1)
                 .unwrap_err()
+                .to_string()
                 .contains("no backup")
         );
         // Nothing was staged, and no temporary file was left behind.

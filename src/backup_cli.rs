@@ -44,7 +44,8 @@ pub fn run(
             backup::print_list(&dir, out).map_err(|e| format!("listing the backups of {user}: {e}"))
         }
         BackupCommand::Restore { id, .. } => {
-            let chosen = backup::stage_restore(&dir, id.as_deref(), now_millis())?;
+            let chosen = backup::stage_restore(&dir, id.as_deref(), now_millis())
+                .map_err(|e| e.to_string())?;
             say(
                 out,
                 format!(
@@ -73,7 +74,7 @@ fn user_dir(config: &Config, user: &str) -> Result<Option<PathBuf>, String> {
             if (in_env || in_file) && crate::config::user_name_problem(user).is_none() {
                 Ok(None)
             } else {
-                Err(e)
+                Err(e.to_string())
             }
         }
     }
@@ -92,7 +93,7 @@ fn export(
         None => (Source::Live, format!("{user}'s collection")),
         Some(id) => {
             backups = backup::list(dir).map_err(|e| format!("reading the backups: {e}"))?;
-            let chosen = backup::resolve(&backups, Some(id))?;
+            let chosen = backup::resolve(&backups, Some(id)).map_err(|e| e.to_string())?;
             (Source::Backup(&chosen.path), chosen.file.clone())
         }
     };

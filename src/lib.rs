@@ -13,6 +13,7 @@ pub mod cli;
 pub mod collection;
 pub mod colpkg;
 pub mod config;
+pub mod error;
 pub mod fsutil;
 pub mod healthcheck;
 pub mod http;

@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
 
-use super::SyncError;
 use super::decode::{
     self, Batcher, DecodeError, Field, Int, Json, Key, Nullable, Stash, Text, TreeBudget,
 };
 use super::state::SyncState;
 use crate::budget::Account;
+use crate::error::SyncError;
 use crate::storage::schema11::{self, ConvertError};
 
 /// The server's answer (and, in tests, a client's changes).
@@ -72,7 +72,7 @@ impl From<ConvertError> for SyncError {
     fn from(e: ConvertError) -> Self {
         match e {
             ConvertError::Db(e) => e.into(),
-            other => SyncError::BadRequest(other.to_string()),
+            other => SyncError::bad_request(other.to_string()),
         }
     }
 }
@@ -430,7 +430,7 @@ fn apply_notetype(
         if existing.fields.len() != nt.fields.len()
             || existing.templates.len() != nt.templates.len()
         {
-            return Err(SyncError::BadRequest(format!(
+            return Err(SyncError::bad_request(format!(
                 "notetype {} changed its fields or templates; a full sync is required",
                 nt.id
             )));
@@ -522,6 +522,7 @@ mod tests {
     use super::*;
     use crate::budget::{Limits, Refusal};
     use crate::collection::decode::tests::{budget, refused};
+    use crate::error::Kind;
     use crate::storage::schema::SCHEMA18_DDL;
 
     const LIMITS: Limits = Limits {
@@ -707,13 +708,13 @@ mod tests {
         more_fields["mod"] = Value::from(stored["mod"].as_i64().unwrap() + 10);
         assert!(matches!(
             exchange(&c, &state(true), models(more_fields), 1),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         let mut fewer_templates = stored.clone();
         fewer_templates["tmpls"].as_array_mut().unwrap().clear();
         assert!(matches!(
             exchange(&c, &state(true), models(fewer_templates), 1),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         // An older copy with a different shape is simply ignored.
         let mut old = stored.clone();

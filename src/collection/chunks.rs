@@ -14,12 +14,12 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::SyncError;
 use super::decode::{self, Batcher, DecodeError, Field, Key, Stash};
 use super::notetext;
 use super::rows::{CardRow, NoteRow, RevlogRow, RowSeed};
 use super::state::{PendingIds, SyncState};
 use crate::budget::Account;
+use crate::error::SyncError;
 use crate::storage::proto::notetypes::notetype;
 
 /// Objects per chunk.
@@ -486,7 +486,7 @@ impl NotetypeCache {
             .query_row([ntid], |r| r.get(0))
             .optional()?;
         let Some(config) = config else {
-            return Err(SyncError::BadRequest(format!(
+            return Err(SyncError::bad_request(format!(
                 "note refers to unknown notetype {ntid}"
             )));
         };
@@ -517,7 +517,7 @@ fn note_values(
     // The fields arrive without control characters (see `rows`).
     let fields: Vec<&str> = row.fields.split('\x1f').collect();
     if fields.len() != field_count {
-        return Err(SyncError::BadRequest(format!(
+        return Err(SyncError::bad_request(format!(
             "note {id} has {} fields, its notetype {mid} has {field_count}",
             fields.len()
         )));
@@ -566,6 +566,7 @@ mod tests {
     use super::*;
     use crate::budget::{Limits, Refusal};
     use crate::collection::decode::tests::{LIMITS, budget, refused};
+    use crate::error::Kind;
     use crate::storage::schema::SCHEMA18_DDL;
 
     fn db() -> Connection {
@@ -683,11 +684,11 @@ mod tests {
         bad_mid[2] = json!(99);
         assert!(matches!(
             apply_one(&c, &state(0, 1), vec![bad_mid], vec![]),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         assert!(matches!(
             apply_one(&c, &state(0, 1), vec![note(1, 1, "only one")], vec![]),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
     }
 

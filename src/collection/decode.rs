@@ -17,8 +17,8 @@ use std::io::{self, Read};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::SyncError;
 use crate::budget::{Account, Metered};
+use crate::error::SyncError;
 
 /// A batch is applied once it holds this many bytes of JSON...
 pub const BATCH_BYTES: u64 = 128 * 1024;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use log::{info, warn};
 use rusqlite::Connection;
 
-use super::SyncError;
 use crate::backup;
+use crate::error::{OrSyncError, SyncError};
 use crate::fsutil::{sidecar, sync_dir};
 use crate::storage;
 use crate::user::{COLLECTION_FILE, TEMP_SUFFIX, UserState};
@@ -103,17 +103,17 @@ pub fn receive(dir: &Path, body: &mut dyn Read) -> Result<TempFile, ReceiveError
 }
 
 /// Checks that an uploaded file is a collection we can store, upgrading a
-/// schema-11 upload to 18 in place. The error is the reason, for the log;
-/// the client is told [`UPLOAD_CORRUPT`].
-pub fn validate(temp: &TempFile) -> Result<(), String> {
+/// schema-11 upload to 18 in place. The error (a bad request) is the reason,
+/// for the log; the client is told [`UPLOAD_CORRUPT`].
+pub fn validate(temp: &TempFile) -> Result<(), SyncError> {
     let mut header = [0u8; 16];
     File::open(temp.path())
         .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(|_| "too short to be a SQLite file".to_string())?;
+        .or_bad_request("too short to be a SQLite file")?;
     if &header != b"SQLite format 3\0" {
-        return Err("not a SQLite file".into());
+        return Err(SyncError::bad_request("not a SQLite file"));
     }
-    let conn = storage::open(temp.path()).map_err(|e| format!("cannot open: {e}"))?;
+    let conn = storage::open(temp.path()).or_bad_request("cannot open")?;
     let result = check_collection(&conn, temp.path());
     if let Err((_, e)) = conn.close() {
         warn!("closing checked upload: {e}");
@@ -121,9 +121,9 @@ pub fn validate(temp: &TempFile) -> Result<(), String> {
     result
 }
 
-fn check_collection(conn: &Connection, path: &Path) -> Result<(), String> {
+fn check_collection(conn: &Connection, path: &Path) -> Result<(), SyncError> {
     // Before the integrity check, which would evaluate index expressions.
-    let removed = storage::sanitize::sanitize_upload(conn)?;
+    let removed = storage::sanitize::sanitize_upload(conn).map_err(SyncError::bad_request)?;
     if !removed.is_empty() {
         warn!(
             "upload {}: removed what Anki does not create and could run code: {}",
@@ -133,13 +133,15 @@ fn check_collection(conn: &Connection, path: &Path) -> Result<(), String> {
     }
     let integrity: String = conn
         .query_row("pragma integrity_check", [], |r| r.get(0))
-        .map_err(|e| format!("integrity check failed to run: {e}"))?;
+        .or_bad_request("integrity check failed to run")?;
     if integrity != "ok" {
-        return Err(format!("integrity check: {integrity}"));
+        return Err(SyncError::bad_request(format!(
+            "integrity check: {integrity}"
+        )));
     }
     let ver: i64 = conn
         .query_row("select ver from col", [], |r| r.get(0))
-        .map_err(|e| format!("no collection in the file: {e}"))?;
+        .or_bad_request("no collection in the file")?;
     match ver {
         SCHEMA_VERSION => Ok(()),
         // Legacy clients downgrade to 11 before uploading; no client sends
@@ -147,8 +149,10 @@ fn check_collection(conn: &Connection, path: &Path) -> Result<(), String> {
         // file is private to this request, so upgrading it in place is
         // atomic with the later rename.
         11 | 14..=17 => storage::legacy::upgrade_to_schema18(conn)
-            .map_err(|e| format!("upgrading a schema-{ver} upload: {e}")),
-        other => Err(format!("unsupported schema version {other}")),
+            .or_bad_request(format!("upgrading a schema-{ver} upload")),
+        other => Err(SyncError::bad_request(format!(
+            "unsupported schema version {other}"
+        ))),
     }
 }
 
@@ -208,8 +212,8 @@ pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64
     col.execute("update col set usn = usn + 1, mod = ?", [now_ms])?;
     let busy: i64 = col.query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
-        return Err(SyncError::Internal(
-            "collection is busy; checkpoint incomplete".into(),
+        return Err(SyncError::internal(
+            "collection is busy; checkpoint incomplete",
         ));
     }
     let file = File::open(state.collection_path())?;
@@ -237,7 +241,7 @@ pub fn prepare_legacy_download(
     };
     let col = state.collection()?;
     storage::legacy::write_schema11_copy(col, temp.path())
-        .map_err(|e| SyncError::Internal(format!("schema-11 copy: {e}")))?;
+        .or_internal("writing the schema-11 copy")?;
     let file = File::open(temp.path())?;
     let len = file.metadata()?.len();
     drop(temp);
@@ -264,9 +268,14 @@ mod tests {
     fn rejects_what_is_not_a_collection() {
         let dir = tempfile::tempdir().unwrap();
         let t = temp_with(dir.path(), b"");
-        assert!(validate(&t).unwrap_err().contains("too short"));
+        assert!(validate(&t).unwrap_err().to_string().contains("too short"));
         let t = temp_with(dir.path(), &[b'x'; 4096]);
-        assert!(validate(&t).unwrap_err().contains("not a SQLite"));
+        assert!(
+            validate(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("not a SQLite")
+        );
 
         // A valid SQLite file that is not a collection.
         let plain = dir.path().join("plain.db");
@@ -275,7 +284,12 @@ mod tests {
             .execute_batch("create table t (x)")
             .unwrap();
         let t = temp_with(dir.path(), &fs::read(&plain).unwrap());
-        assert!(validate(&t).unwrap_err().contains("no collection"));
+        assert!(
+            validate(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("no collection")
+        );
 
         // A truncated collection.
         let col = dir.path().join("col.db");
@@ -302,7 +316,12 @@ mod tests {
             .execute("update col set ver = 13", [])
             .unwrap();
         let t = temp_with(dir.path(), &fs::read(&col).unwrap());
-        assert!(validate(&t).unwrap_err().contains("unsupported schema"));
+        assert!(
+            validate(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported schema")
+        );
     }
 
     #[test]

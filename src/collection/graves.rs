@@ -10,10 +10,10 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::SyncError;
 use super::chunks::CHUNK_SIZE;
 use super::decode::{self, Batcher, DecodeError, Field, Key, Nullable, Stash};
 use crate::budget::Account;
+use crate::error::SyncError;
 
 const CARD: i64 = 0;
 const NOTE: i64 = 1;

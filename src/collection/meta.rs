@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::SyncError;
+use crate::error::SyncError;
 use crate::http::framing::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
 
 #[derive(Deserialize, Debug)]
@@ -48,7 +48,7 @@ pub fn meta(
     ctx: &MetaContext,
 ) -> Result<MetaResponse, SyncError> {
     if !(SYNC_VERSION_MIN..=SYNC_VERSION_MAX).contains(&req.v) {
-        return Err(SyncError::ClientTooOld(format!("meta version {}", req.v)));
+        return Err(SyncError::client_too_old(format!("meta version {}", req.v)));
     }
     let (modified, mut scm, usn): (i64, i64, i32) = col
         .prepare_cached("select mod, scm, usn from col")?
@@ -110,6 +110,7 @@ fn config_value(col: &Connection, key: &str) -> Result<Option<serde_json::Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     fn collection(sched: &str, offset: &str, with_card: bool) -> Connection {
         let c = Connection::open_in_memory().unwrap();
@@ -176,11 +177,11 @@ mod tests {
     fn version_gates() {
         assert!(matches!(
             meta(&collection("2", "null", true), &req(7), &ctx(1)),
-            Err(SyncError::ClientTooOld(_))
+            Err(ref e) if e.kind() == Kind::ClientTooOld
         ));
         assert!(matches!(
             meta(&collection("2", "null", true), &req(12), &ctx(1)),
-            Err(SyncError::ClientTooOld(_))
+            Err(ref e) if e.kind() == Kind::ClientTooOld
         ));
         let m = meta(&collection("2", "null", true), &req(8), &ctx(1)).unwrap();
         assert!(!m.cont);

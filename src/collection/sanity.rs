@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::SyncError;
+use crate::error::SyncError;
 
 /// `[[new, learn, review], cards, notes, revlog, graves, notetypes, decks, deck_config]`.
 pub type Counts = (Vec<i64>, i64, i64, i64, i64, i64, i64, i64);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use super::SyncError;
+use crate::error::SyncError;
 use crate::user::UserState;
 
 pub struct SyncState {
@@ -55,7 +55,7 @@ pub fn begin<'a>(
     client_is_newer: bool,
 ) -> Result<(&'a mut Connection, &'a mut SyncState), SyncError> {
     if session.is_empty() {
-        return Err(SyncError::BadRequest("missing session key".into()));
+        return Err(SyncError::bad_request("missing session key"));
     }
     user.abort_sync();
     let (col, slot) = user.sync_parts()?;
@@ -89,13 +89,13 @@ pub fn active<'a>(
     session: &str,
 ) -> Result<(&'a mut Connection, &'a mut SyncState), SyncError> {
     if session.is_empty() {
-        return Err(SyncError::BadRequest("missing session key".into()));
+        return Err(SyncError::bad_request("missing session key"));
     }
     let (col, slot) = user.sync_parts()?;
     match slot.as_mut() {
-        None => Err(SyncError::Conflict("no active sync".into())),
-        Some(state) if state.session != session => Err(SyncError::Conflict(
-            "active sync with a different session key".into(),
+        None => Err(SyncError::conflict("no active sync")),
+        Some(state) if state.session != session => Err(SyncError::conflict(
+            "active sync with a different session key",
         )),
         Some(state) => Ok((col, state)),
     }
@@ -149,6 +149,7 @@ pub fn finish(user: &mut UserState, session: &str, now_ms: i64) -> Result<Summar
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
     use crate::user::UserStore;
 
     fn store() -> (tempfile::TempDir, UserStore) {
@@ -171,34 +172,34 @@ mod tests {
         let mut user = slot.lock();
         assert!(matches!(
             begin(&mut user, "", 0, false),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         assert!(matches!(
             active(&mut user, "s1"),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
         begin(&mut user, "s1", 0, false).unwrap();
         assert!(active(&mut user, "s1").is_ok());
         assert!(matches!(
             active(&mut user, "s2"),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
         assert!(matches!(
             active(&mut user, ""),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         // A second start replaces the first.
         begin(&mut user, "s2", 0, false).unwrap();
         assert!(matches!(
             active(&mut user, "s1"),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
         assert!(active(&mut user, "s2").is_ok());
         // abort ends it whatever the key.
         user.abort_sync();
         assert!(matches!(
             active(&mut user, "s2"),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
     }
 
@@ -215,12 +216,12 @@ mod tests {
         })
         .unwrap();
         let failed: Result<(), SyncError> = step(&mut user, "s", |_, _| {
-            Err(SyncError::BadRequest("bad note".into()))
+            Err(SyncError::bad_request("bad note"))
         });
         assert!(failed.is_err());
         assert!(matches!(
             active(&mut user, "s"),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
         assert_eq!(usn(&mut user), before);
     }

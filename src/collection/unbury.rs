@@ -14,7 +14,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use super::SyncError;
+use crate::error::SyncError;
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;

@@ -1,11 +1,13 @@
 //! One error type for a request, and the one place where errors become
-//! HTTP statuses. Bodies follow the official server: the status digits as
-//! plain text (clients only look at the status).
+//! HTTP statuses: each layer's error (routing, framing, auth, and the
+//! [`SyncError`] of the layers below) arrives here with its cause, and
+//! [`HandlerError::status`] decides. Bodies follow the official server: the
+//! status digits as plain text (clients only look at the status).
 
 use std::fmt;
 
 use crate::auth::AuthError;
-use crate::collection::SyncError;
+use crate::error::{Kind, SyncError};
 
 use super::framing::FramingError;
 use super::multipart::MultipartError;
@@ -62,9 +64,9 @@ impl From<MultipartError> for HandlerError {
             MultipartError::TooLarge(limit) => HandlerError::Framing(FramingError::TooLarge(limit)),
             MultipartError::Io(e) => HandlerError::Framing(FramingError::Io(e)),
             MultipartError::Storage(e) => {
-                HandlerError::Sync(SyncError::Internal(format!("legacy form data: {e}")))
+                HandlerError::Sync(SyncError::internal("storing legacy form data").with_source(e))
             }
-            other => HandlerError::Framing(FramingError::BadBody(format!("legacy form: {other}"))),
+            other => HandlerError::Framing(FramingError::Form(other)),
         }
     }
 }
@@ -100,10 +102,12 @@ impl HandlerError {
             HandlerError::Framing(_) => 400,
             HandlerError::Auth(AuthError::BadCredentials | AuthError::UnknownHostKey) => 403,
             HandlerError::Auth(AuthError::BadAccount { .. }) => 500,
-            HandlerError::Sync(SyncError::BadRequest(_)) => 400,
-            HandlerError::Sync(SyncError::Conflict(_)) => 409,
-            HandlerError::Sync(SyncError::ClientTooOld(_)) => 501,
-            HandlerError::Sync(SyncError::Internal(_)) => 500,
+            HandlerError::Sync(e) => match e.kind() {
+                Kind::BadRequest => 400,
+                Kind::Conflict => 409,
+                Kind::ClientTooOld => 501,
+                Kind::Internal => 500,
+            },
         }
     }
 
@@ -148,9 +152,10 @@ mod tests {
             (FramingError::UnsupportedVersion(12).into(), 400, "400"),
             (AuthError::BadCredentials.into(), 403, "403"),
             (AuthError::UnknownHostKey.into(), 403, "403"),
-            (SyncError::Conflict("x".into()).into(), 409, "409"),
-            (SyncError::ClientTooOld("x".into()).into(), 501, "501"),
-            (SyncError::Internal("x".into()).into(), 500, "500"),
+            (SyncError::bad_request("x").into(), 400, "400"),
+            (SyncError::conflict("x").into(), 409, "409"),
+            (SyncError::client_too_old("x").into(), 501, "501"),
+            (SyncError::internal("x").into(), 500, "500"),
         ];
         for (err, status, body) in cases {
             let reply = err.reply();

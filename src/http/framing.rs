@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use serde::Deserialize;
 
 use super::limit::{self, LimitExceeded, LimitReader};
+use super::multipart::MultipartError;
 use crate::budget::{self, Refusal};
 
 /// Sync protocol versions this server speaks (8–10 legacy, 11 current).
@@ -52,11 +53,13 @@ struct RawHeader {
 #[derive(Debug)]
 pub enum FramingError {
     /// The `anki-sync` header is not the JSON object clients send.
-    BadHeader(String),
+    BadHeader(serde_json::Error),
     /// A protocol version outside 8..=11.
     UnsupportedVersion(u8),
     /// The body is not a valid zstd stream.
-    BadBody(String),
+    BadBody(io::Error),
+    /// A legacy request's multipart form (or its gzip data) is malformed.
+    Form(MultipartError),
     /// A byte budget was exceeded.
     TooLarge(LimitExceeded),
     /// One item of a JSON body (a note row, a notetype) is too large (413).
@@ -73,6 +76,7 @@ impl fmt::Display for FramingError {
             FramingError::BadHeader(e) => write!(f, "bad anki-sync header: {e}"),
             FramingError::UnsupportedVersion(v) => write!(f, "unsupported sync version: {v}"),
             FramingError::BadBody(e) => write!(f, "decoding request body: {e}"),
+            FramingError::Form(e) => e.fmt(f),
             FramingError::TooLarge(l) => write!(f, "{l}"),
             FramingError::ItemTooLarge(m) | FramingError::Busy(m) => f.write_str(m),
             FramingError::Io(e) => write!(f, "reading request body: {e}"),
@@ -80,7 +84,19 @@ impl fmt::Display for FramingError {
     }
 }
 
-impl std::error::Error for FramingError {}
+impl std::error::Error for FramingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FramingError::BadHeader(e) => Some(e),
+            FramingError::BadBody(e) | FramingError::Io(e) => Some(e),
+            FramingError::Form(e) => Some(e),
+            FramingError::TooLarge(l) => Some(l),
+            FramingError::UnsupportedVersion(_)
+            | FramingError::ItemTooLarge(_)
+            | FramingError::Busy(_) => None,
+        }
+    }
+}
 
 impl FramingError {
     /// Classifies an error met while reading a decoded body.
@@ -101,7 +117,7 @@ impl FramingError {
             | io::ErrorKind::UnexpectedEof
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::TimedOut => FramingError::Io(err),
-            _ => FramingError::BadBody(err.to_string()),
+            _ => FramingError::BadBody(err),
         }
     }
 }
@@ -110,8 +126,7 @@ impl SyncHeader {
     /// Parses the header value. All four keys are required (extra keys are
     /// fine) and the version must be one this server speaks.
     pub fn parse(value: &str) -> Result<SyncHeader, FramingError> {
-        let raw: RawHeader =
-            serde_json::from_str(value).map_err(|e| FramingError::BadHeader(e.to_string()))?;
+        let raw: RawHeader = serde_json::from_str(value).map_err(FramingError::BadHeader)?;
         if !(SYNC_VERSION_MIN..=SYNC_VERSION_MAX).contains(&raw.v) {
             return Err(FramingError::UnsupportedVersion(raw.v));
         }

@@ -16,7 +16,7 @@ use super::framing::{FramingError, SyncHeader};
 use super::limit::LimitReader;
 use super::route::MediaMethod;
 use super::service::{Body, Reply, Service, parse_json};
-use crate::collection::SyncError;
+use crate::error::{OrSyncError, SyncError};
 use crate::media::store::SpoolError;
 use crate::media::{MAX_ENTRIES, MAX_UPLOAD_ZIP_BYTES};
 use crate::user::UserSlot;
@@ -61,9 +61,7 @@ impl Service {
             MediaMethod::Begin => {
                 let req: BeginRequest = media_json(body)?;
                 if req.v.is_empty() {
-                    return Err(
-                        SyncError::BadRequest("begin without a client version".into()).into(),
-                    );
+                    return Err(SyncError::bad_request("begin without a client version").into());
                 }
                 let usn = media.meta()?.last_usn;
                 envelope(json!({ "usn": usn, "sk": header.hkey }))
@@ -83,9 +81,9 @@ impl Service {
                     let mut reader = LimitReader::new(body.decoded()?, limit, "media upload zip");
                     media.spool(&mut reader).map_err(|e| match e {
                         SpoolError::Body(e) => HandlerError::from(FramingError::from_body_error(e)),
-                        SpoolError::Disk(e) => {
-                            SyncError::Internal(format!("spooling a media upload: {e}")).into()
-                        }
+                        SpoolError::Disk(e) => SyncError::internal("spooling a media upload")
+                            .with_source(e)
+                            .into(),
                     })?
                 };
                 let upload = media.prepare_upload(zip)?;
@@ -95,7 +93,7 @@ impl Service {
             MediaMethod::DownloadFiles => {
                 let req: DownloadRequest = media_json(body)?;
                 if req.files.len() > MAX_ENTRIES {
-                    return Err(SyncError::BadRequest(format!(
+                    return Err(SyncError::bad_request(format!(
                         "downloadFiles asked for {} files",
                         req.files.len()
                     ))
@@ -133,7 +131,6 @@ fn media_json<T: DeserializeOwned>(body: &mut Body<'_>) -> Result<T, HandlerErro
 /// The media envelope around a successful answer.
 fn envelope<'s>(data: Value) -> Result<Reply<'s>, HandlerError> {
     let body = json!({ "data": data, "err": "" });
-    Ok(Reply::Bytes(
-        serde_json::to_vec(&body).map_err(SyncError::from)?,
-    ))
+    let bytes = serde_json::to_vec(&body).or_internal("encoding the answer")?;
+    Ok(Reply::Bytes(bytes))
 }

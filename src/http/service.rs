@@ -23,7 +23,6 @@ use crate::auth::Users;
 use crate::auth::live::LiveUsers;
 use crate::backup;
 use crate::budget::{self, Account, MemoryBudget};
-use crate::collection::SyncError;
 use crate::collection::changes;
 use crate::collection::chunks;
 use crate::collection::decode::DecodeError;
@@ -34,6 +33,7 @@ use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::state;
 use crate::collection::unbury;
 use crate::config::Config;
+use crate::error::{OrSyncError, SyncError};
 use crate::user::{UserSlot, UserStore, now_millis};
 
 /// Everything a worker needs; shared by all workers.
@@ -64,9 +64,8 @@ pub(super) enum Reply<'s> {
 }
 
 fn json_reply<'s, T: serde::Serialize>(value: &T) -> Result<Reply<'s>, HandlerError> {
-    Ok(Reply::Bytes(
-        serde_json::to_vec(value).map_err(SyncError::from)?,
-    ))
+    let bytes = serde_json::to_vec(value).or_internal("encoding the answer")?;
+    Ok(Reply::Bytes(bytes))
 }
 
 /// The answer of methods that return nothing.
@@ -226,9 +225,10 @@ impl Service {
 
         let account = users.by_hkey(&header.hkey)?;
         fields.user = Some(account.name.clone());
-        let opened = self.store.open(&account.name).map_err(|e| {
-            SyncError::Internal(format!("preparing the folder of {}: {e}", account.name))
-        })?;
+        let opened = self
+            .store
+            .open(&account.name)
+            .or_internal(format!("preparing the folder of {}", account.name))?;
         let slot: &UserSlot = slot.insert(opened);
 
         match route {
@@ -281,9 +281,7 @@ impl Service {
                     media_usn: slot.media.usn()?,
                 };
                 let answer = meta::meta(col, &req, &ctx)?;
-                Ok(Reply::Bytes(
-                    serde_json::to_vec(&answer).map_err(SyncError::from)?,
-                ))
+                json_reply(&answer)
             }
             SyncMethod::Upload => {
                 let dir = {
@@ -442,7 +440,7 @@ impl Service {
                 json_reply(&done.now_ms)
             }
             SyncMethod::HostKey => {
-                Err(SyncError::Internal("login is handled before authentication".into()).into())
+                Err(SyncError::internal("login is handled before authentication").into())
             }
         }
     }
@@ -583,7 +581,7 @@ fn decoded<T>(
         }
         match e {
             DecodeError::Body(e) => FramingError::from_body_error(e).into(),
-            DecodeError::Shape(m) => SyncError::BadRequest(format!("request json: {m}")).into(),
+            DecodeError::Shape(m) => SyncError::bad_request(format!("request json: {m}")).into(),
             DecodeError::TooLarge(m) => FramingError::ItemTooLarge(m).into(),
             DecodeError::Apply(e) => e.into(),
         }
@@ -668,7 +666,7 @@ pub(super) fn parse_json<T: DeserializeOwned>(
         if e.is_io() {
             FramingError::from_body_error(io::Error::from(e)).into()
         } else {
-            SyncError::BadRequest(format!("{what}: {e}")).into()
+            SyncError::bad_request(what).with_source(e).into()
         }
     })
 }

@@ -37,7 +37,7 @@ use super::{
     CHANGES_PAGE, DOWNLOAD_TARGET_BYTES, MAX_ENTRIES, MAX_FILE_BYTES, MAX_META_BYTES,
     MAX_UPLOAD_CONTENT_BYTES,
 };
-use crate::collection::SyncError;
+use crate::error::SyncError;
 use crate::fsutil::sync_dir;
 
 /// The flat folder of media files inside a user's folder.
@@ -282,18 +282,18 @@ fn now_secs() -> i64 {
 }
 
 fn bad(message: String) -> SyncError {
-    SyncError::BadRequest(message)
+    SyncError::bad_request(message)
 }
 
 fn zip_error(e: ZipError) -> SyncError {
     match e {
-        ZipError::Malformed(m) => SyncError::BadRequest(format!("upload zip: {m}")),
-        ZipError::Io(e) => SyncError::Internal(format!("reading the spooled upload: {e}")),
+        ZipError::Malformed(m) => SyncError::bad_request(format!("upload zip: {m}")),
+        ZipError::Io(e) => SyncError::internal("reading the spooled upload").with_source(e),
     }
 }
 
 fn disk(what: &str, e: io::Error) -> SyncError {
-    SyncError::Internal(format!("{what}: {e}"))
+    SyncError::internal(what).with_source(e)
 }
 
 impl MediaSlot {
@@ -360,10 +360,8 @@ impl MediaSlot {
         let conn = match guard.conn.take() {
             Some(conn) => conn,
             None => {
-                let conn =
-                    open_db(&self.user_dir).map_err(|e| SyncError::Internal(e.to_string()))?;
-                let usn = read_usn(&self.user_dir, &conn)
-                    .map_err(|e| SyncError::Internal(e.to_string()))?;
+                let conn = open_db(&self.user_dir)?;
+                let usn = read_usn(&self.user_dir, &conn)?;
                 self.usn.store(usn, Ordering::SeqCst);
                 conn
             }
@@ -730,7 +728,7 @@ impl MediaSlot {
         for name in names {
             let row = db::get(conn, name)?
                 .filter(|row| row.size > 0)
-                .ok_or_else(|| SyncError::Conflict(format!("{name:?} is not on the server")))?;
+                .ok_or_else(|| SyncError::conflict(format!("{name:?} is not on the server")))?;
             chosen.push(name);
             total += row.size;
             if total > DOWNLOAD_TARGET_BYTES {
@@ -749,7 +747,7 @@ impl MediaSlot {
                     files.push((name.clone(), file));
                 }
                 Ok(_) => {
-                    return Err(SyncError::Internal(format!(
+                    return Err(SyncError::internal(format!(
                         "{} is not a regular file",
                         path.display()
                     )));
@@ -777,7 +775,7 @@ impl MediaSlot {
             "media files missing on disk in {}, forgotten: {missing:?}",
             self.media_dir.display()
         );
-        Err(SyncError::Conflict(format!("{missing:?} missing on disk")))
+        Err(SyncError::conflict(format!("{missing:?} missing on disk")))
     }
 }
 
@@ -806,7 +804,7 @@ impl Plan {
 
 fn next_usn(usn: i32) -> Result<i32, SyncError> {
     usn.checked_add(1)
-        .ok_or_else(|| SyncError::Internal("media USN exhausted".into()))
+        .ok_or_else(|| SyncError::internal("media USN exhausted"))
 }
 
 /// Parses upload `_meta`: an array of `[name, entry]` pairs, where entry is
@@ -827,6 +825,7 @@ fn parse_upload_meta(bytes: &[u8]) -> Result<Vec<(String, Option<String>)>, Sync
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
     use crate::media::zip::tests::Built;
 
     fn slot() -> (tempfile::TempDir, MediaSlot) {
@@ -978,7 +977,7 @@ mod tests {
         ];
         for changes in bad_uploads {
             assert!(
-                matches!(upload(&slot, &changes), Err(SyncError::BadRequest(_))),
+                matches!(upload(&slot, &changes), Err(ref e) if e.kind() == Kind::BadRequest),
                 "{:?}",
                 changes.iter().map(|c| c.0).collect::<Vec<_>>()
             );
@@ -990,7 +989,7 @@ mod tests {
             .finish();
         assert!(matches!(
             upload_zip(&slot, missing),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         let mut corrupt = Built::new()
             .stored("0", b"new")
@@ -1001,7 +1000,7 @@ mod tests {
         corrupt[second] ^= 1;
         assert!(matches!(
             upload_zip(&slot, corrupt),
-            Err(SyncError::BadRequest(_))
+            Err(ref e) if e.kind() == Kind::BadRequest
         ));
         assert_eq!(counters(&slot), (1, 3, 1));
         assert_eq!(on_disk(dir.path(), "keep.txt").unwrap(), b"old");
@@ -1027,7 +1026,10 @@ mod tests {
                 ("x.txt", Some(b"x")),
             ],
         );
-        assert!(matches!(result, Err(SyncError::Internal(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(ref e) if e.kind() == Kind::Internal),
+            "{result:?}"
+        );
         assert_eq!(on_disk(dir.path(), "a.txt").unwrap(), b"old");
         assert_eq!(on_disk(dir.path(), "gone.txt").unwrap(), b"bye");
         assert_eq!(counters(&slot), (2, 6, 2));
@@ -1106,13 +1108,13 @@ mod tests {
         for names in [&["a.txt", "nope"][..], &["b.txt"][..]] {
             assert!(matches!(
                 download(&slot, names),
-                Err(SyncError::Conflict(_))
+                Err(ref e) if e.kind() == Kind::Conflict
             ));
         }
         fs::remove_file(dir.path().join(MEDIA_DIR).join("c.txt")).unwrap();
         assert!(matches!(
             download(&slot, &["c.txt"]),
-            Err(SyncError::Conflict(_))
+            Err(ref e) if e.kind() == Kind::Conflict
         ));
         // Forgotten: no row, no USN, counters follow.
         assert_eq!(counters(&slot), (4, 3, 1));
