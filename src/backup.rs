@@ -16,9 +16,12 @@
 //! and renamed to `backups/restore-pending.anki2`. Whoever next opens the
 //! collection under the user's lock (the running server at its next request
 //! for that user, or the next server started) backs up the current
-//! collection and swaps the staged file in. So the command line never
-//! touches a database a running server has open, and a server never keeps
-//! serving a replaced file.
+//! collection and swaps the staged file in (the per-user layer does that,
+//! with [`pending_restore`]). So the command line never touches a database a
+//! running server has open, and a server never keeps serving a replaced file.
+//!
+//! Everything here works on a user's folder; the caller (the per-user layer,
+//! under the user's lock) closes the collection first.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
@@ -28,10 +31,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 
+use crate::clock::now_millis;
 use crate::collection::full;
 use crate::error::{OrSyncError, SyncError};
-use crate::storage;
-use crate::user::{UserState, now_millis};
+use crate::storage::{self, COLLECTION_FILE};
 use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
 
 /// Folder in each user's folder; the official server uses no such name.
@@ -135,44 +138,47 @@ pub fn list(user_dir: &Path) -> io::Result<Vec<Backup>> {
     Ok(found)
 }
 
-/// Backs up the user's collection for `reason`, then rotates. Never fails
-/// the caller: a backup is a safety net, not part of the sync.
-pub fn take(state: &mut UserState, reason: Reason) {
-    if let Err(e) = snapshot(state, reason, now_millis() / 1000, keep()) {
+/// Backs up the collection in `user_dir` for `reason`, then rotates. Never
+/// fails the caller: a backup is a safety net, not part of the sync. The
+/// collection must be closed.
+pub fn take(user_dir: &Path, reason: Reason) {
+    if let Err(e) = snapshot(user_dir, reason, now_millis() / 1000, keep()) {
         warn!(
             "backup ({}) of {} failed: {e}",
             reason.as_str(),
-            state.collection_path().display()
+            user_dir.join(COLLECTION_FILE).display()
         );
     }
 }
 
-/// Takes a [`Reason::Daily`] backup unless one of any kind was already
-/// taken today (UTC). Called before a normal sync starts, so the backup
-/// holds the collection as it was before the day's first incoming changes.
-pub fn daily(state: &mut UserState) {
-    if let Err(e) = daily_at(state, now_millis() / 1000, keep()) {
-        warn!("daily backup in {} failed: {e}", state.dir().display());
-    }
+/// Whether a [`Reason::Daily`] backup is due: none of any kind was taken
+/// today (UTC). The per-user layer asks before a normal sync starts, so the
+/// backup holds the collection as it was before the day's first incoming
+/// changes.
+pub fn daily_due(user_dir: &Path) -> bool {
+    daily_due_at(user_dir, now_millis() / 1000, keep())
 }
 
-fn daily_at(state: &mut UserState, now_secs: i64, keep: usize) -> io::Result<Option<Backup>> {
+fn daily_due_at(user_dir: &Path, now_secs: i64, keep: usize) -> bool {
     if keep == 0 {
-        return Ok(None);
+        return false;
     }
-    let newest = list(state.dir())?.into_iter().next();
-    if newest.is_some_and(|b| b.secs.div_euclid(DAY_SECS) == now_secs.div_euclid(DAY_SECS)) {
-        return Ok(None);
+    match list(user_dir) {
+        Ok(backups) => backups
+            .first()
+            .is_none_or(|b| b.secs.div_euclid(DAY_SECS) != now_secs.div_euclid(DAY_SECS)),
+        Err(e) => {
+            warn!("listing the backups in {}: {e}", user_dir.display());
+            false
+        }
     }
-    snapshot(state, Reason::Daily, now_secs, keep)
 }
 
-/// Writes a snapshot of the collection and keeps the newest `keep`.
-/// Skips (returns `None`) when backups are off, when there is no
-/// collection, and when it holds no notes and no cards (a brand-new one).
-/// Closes the collection; the next request reopens it.
+/// Writes a snapshot of the (closed) collection in `user_dir` and keeps the
+/// newest `keep`. Skips (returns `None`) when backups are off, when there is
+/// no collection, and when it holds no notes and no cards (a brand-new one).
 fn snapshot(
-    state: &mut UserState,
+    user_dir: &Path,
     reason: Reason,
     now_secs: i64,
     keep: usize,
@@ -180,8 +186,7 @@ fn snapshot(
     if keep == 0 {
         return Ok(None);
     }
-    state.close_collection();
-    let source = state.collection_path();
+    let source = user_dir.join(COLLECTION_FILE);
     if !source.exists() {
         return Ok(None);
     }
@@ -189,12 +194,12 @@ fn snapshot(
         return Ok(None);
     }
     let clock = Instant::now();
-    let dir = backups_dir(state.dir());
+    let dir = backups_dir(user_dir);
     crate::fsutil::create_dir_all_durable(&dir)?;
     // Two backups in one second (an upload right after a restore): the
     // second takes the next free second, whatever the reasons, so names stay
     // unique and their times keep the order they were taken in.
-    let taken: Vec<i64> = list(state.dir())?.iter().map(|b| b.secs).collect();
+    let taken: Vec<i64> = list(user_dir)?.iter().map(|b| b.secs).collect();
     let mut secs = now_secs;
     while taken.contains(&secs) {
         secs += 1;
@@ -282,7 +287,7 @@ pub fn remove_abandoned_temp_files(user_dir: &Path) {
     let Ok(entries) = fs::read_dir(backups_dir(user_dir)) else {
         return;
     };
-    let staging = format!("{}.upload-", crate::user::COLLECTION_FILE);
+    let staging = format!("{COLLECTION_FILE}.upload-");
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         // A staged restore is checked with SQLite, whose side files a cut
@@ -330,27 +335,12 @@ fn rotate(dir: &Path, keep: usize) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Applies a restore staged by [`stage_restore`], if there is one: backs up
-/// the current collection ([`Reason::BeforeRestore`], so a restore can be
-/// undone too), then swaps the staged file in like a full upload. Runs
-/// under the user's lock whenever the collection is about to be used.
-pub fn apply_pending_restore(state: &mut UserState) {
-    let pending = pending_path(state.dir());
-    if !pending.exists() {
-        return;
-    }
-    take(state, Reason::BeforeRestore);
-    // The staged file leaves backups/ too: that must be durable, or after a
-    // power cut it would be there again and undo every sync since.
-    let applied = full::replace_collection(state, &pending)
-        .and_then(|()| crate::fsutil::sync_dir(&backups_dir(state.dir())));
-    match applied {
-        Ok(()) => info!(
-            "restored a backup into {}; devices will be asked to full-sync",
-            state.collection_path().display()
-        ),
-        Err(e) => warn!("applying the restore staged at {}: {e}", pending.display()),
-    }
+/// The restore [`stage_restore`] staged in `user_dir`, if there is one. The
+/// per-user layer swaps it in (after a [`Reason::BeforeRestore`] backup, so
+/// a restore can be undone too) whenever the collection is about to be used.
+pub fn pending_restore(user_dir: &Path) -> Option<PathBuf> {
+    let pending = pending_path(user_dir);
+    pending.exists().then_some(pending)
 }
 
 /// `backup restore`: decompresses the backup `id` (a number from [`list`],
@@ -515,20 +505,18 @@ fn display_time(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::user::UserStore;
 
     /// 2026-05-03 10:15:00 UTC.
     const T0: i64 = 1_777_803_300;
 
-    fn store() -> (tempfile::TempDir, UserStore) {
-        let base = tempfile::tempdir().unwrap();
-        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
-        (base, store)
-    }
-
-    /// Gives the user's collection `notes` notes (0 leaves it brand-new).
-    fn fill(state: &mut UserState, notes: i64) {
-        let col = state.collection().unwrap();
+    /// Gives the collection in the user folder `dir` `notes` notes, creating
+    /// it first if there is none (0 leaves a new one brand-new).
+    pub(crate) fn fill(dir: &Path, notes: i64) {
+        let path = dir.join(COLLECTION_FILE);
+        if !path.exists() {
+            storage::create_collection(&path, 1_700_000_000_000).unwrap();
+        }
+        let col = storage::open(&path).unwrap();
         for id in 1..=notes {
             col.execute(
                 "insert into notes values (?1, ?2, 1, 0, 0, '', 'front\x1fback', 'front', 0, 0, '')",
@@ -538,8 +526,8 @@ mod tests {
         }
     }
 
-    fn notes(state: &mut UserState) -> i64 {
-        let col = state.collection().unwrap();
+    pub(crate) fn notes(dir: &Path) -> i64 {
+        let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
         col.query_row("select count(*) from notes", [], |r| r.get(0))
             .unwrap()
     }
@@ -626,13 +614,12 @@ mod tests {
 
     #[test]
     fn backups_in_one_second_keep_the_order_they_were_taken_in() {
-        let (_base, store) = store();
-        let slot = store.slot("u").unwrap();
-        let mut user = slot.lock();
-        fill(&mut user, 3);
-        snapshot(&mut user, Reason::BeforeUpload, T0, 8).unwrap();
-        snapshot(&mut user, Reason::BeforeRestore, T0, 8).unwrap();
-        let reasons: Vec<Reason> = list(user.dir()).unwrap().iter().map(|b| b.reason).collect();
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 3);
+        snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap();
+        snapshot(dir, Reason::BeforeRestore, T0, 8).unwrap();
+        let reasons: Vec<Reason> = list(dir).unwrap().iter().map(|b| b.reason).collect();
         assert_eq!(
             reasons,
             [Reason::BeforeRestore, Reason::BeforeUpload],
@@ -642,36 +629,22 @@ mod tests {
 
     #[test]
     fn empty_collections_are_not_backed_up_and_full_ones_are() {
-        let (_base, store) = store();
-        let slot = store.slot("u").unwrap();
-        let mut user = slot.lock();
-        assert_eq!(
-            snapshot(&mut user, Reason::BeforeUpload, T0, 8).unwrap(),
-            None
-        );
-        fill(&mut user, 0);
-        assert_eq!(
-            snapshot(&mut user, Reason::BeforeUpload, T0, 8).unwrap(),
-            None
-        );
-        fill(&mut user, 3);
-        assert_eq!(
-            snapshot(&mut user, Reason::BeforeUpload, T0, 0).unwrap(),
-            None
-        );
-        let b = snapshot(&mut user, Reason::BeforeUpload, T0, 8)
-            .unwrap()
-            .unwrap();
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        assert_eq!(snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap(), None);
+        fill(dir, 0);
+        assert_eq!(snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap(), None);
+        fill(dir, 3);
+        assert_eq!(snapshot(dir, Reason::BeforeUpload, T0, 0).unwrap(), None);
+        let b = snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap().unwrap();
         assert_eq!(b.reason, Reason::BeforeUpload);
         // The same second again gets the next one.
-        let again = snapshot(&mut user, Reason::BeforeUpload, T0, 8)
-            .unwrap()
-            .unwrap();
+        let again = snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap().unwrap();
         assert_eq!(again.secs, T0 + 1);
-        assert_eq!(list(user.dir()).unwrap().len(), 2);
+        assert_eq!(list(dir).unwrap().len(), 2);
         // The snapshot is the whole collection, WAL included.
         let bytes = zstd::decode_all(File::open(&b.path).unwrap()).unwrap();
-        let copy = user.dir().join("copy.anki2");
+        let copy = dir.join("copy.anki2");
         fs::write(&copy, bytes).unwrap();
         let conn = storage::open(&copy).unwrap();
         let n: i64 = conn
@@ -682,80 +655,56 @@ mod tests {
 
     #[test]
     fn daily_backups_are_at_most_one_per_utc_day() {
-        let (_base, store) = store();
-        let slot = store.slot("u").unwrap();
-        let mut user = slot.lock();
-        fill(&mut user, 2);
-        assert!(daily_at(&mut user, T0, 8).unwrap().is_some());
-        assert!(daily_at(&mut user, T0 + 60, 8).unwrap().is_none());
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 2);
+        let daily = |now| {
+            let due = daily_due_at(dir, now, 8);
+            if due {
+                snapshot(dir, Reason::Daily, now, 8).unwrap().unwrap();
+            }
+            due
+        };
+        assert!(daily(T0));
+        assert!(!daily(T0 + 60));
         // 23:59:59 the same day, then just after midnight.
         let midnight = (T0 / DAY_SECS + 1) * DAY_SECS;
-        assert!(daily_at(&mut user, midnight - 1, 8).unwrap().is_none());
-        assert!(daily_at(&mut user, midnight, 8).unwrap().is_some());
-        assert!(daily_at(&mut user, midnight + 3600, 8).unwrap().is_none());
+        assert!(!daily(midnight - 1));
+        assert!(daily(midnight));
+        assert!(!daily(midnight + 3600));
         // Any backup taken that day counts (here one before an upload).
-        snapshot(&mut user, Reason::BeforeUpload, midnight + DAY_SECS, 8).unwrap();
-        assert!(
-            daily_at(&mut user, midnight + DAY_SECS + 60, 8)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            daily_at(&mut user, midnight + 5 * DAY_SECS, 0)
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(list(user.dir()).unwrap().len(), 3);
-        // The sync can carry on: the collection reopens.
-        assert_eq!(notes(&mut user), 2);
+        snapshot(dir, Reason::BeforeUpload, midnight + DAY_SECS, 8).unwrap();
+        assert!(!daily(midnight + DAY_SECS + 60));
+        assert!(!daily_due_at(dir, midnight + 5 * DAY_SECS, 0), "0 = off");
+        assert_eq!(list(dir).unwrap().len(), 3);
+        assert_eq!(notes(dir), 2);
     }
 
     #[test]
-    fn restore_brings_the_old_collection_back_and_is_undoable() {
-        let (_base, store) = store();
-        let slot = store.slot("u").unwrap();
-        let mut user = slot.lock();
-        fill(&mut user, 5);
-        let old_scm: i64 = user
-            .collection()
-            .unwrap()
-            .query_row("select scm from col", [], |r| r.get(0))
-            .unwrap();
-        snapshot(&mut user, Reason::BeforeUpload, T0, 8).unwrap();
-        user.collection()
-            .unwrap()
-            .execute("delete from notes where id > 1", [])
-            .unwrap();
-        assert_eq!(notes(&mut user), 1);
-
-        let dir = user.dir().to_path_buf();
-        let chosen = stage_restore(&dir, None, 1_900_000_000_000).unwrap();
+    fn a_staged_restore_waits_for_the_server() {
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 5);
+        snapshot(dir, Reason::BeforeUpload, T0, 8).unwrap();
+        assert_eq!(pending_restore(dir), None);
+        let chosen = stage_restore(dir, None, 1_900_000_000_000).unwrap();
         assert_eq!(chosen.reason, Reason::BeforeUpload);
-        // Staged only: the open collection is untouched until its next use.
-        assert!(pending_path(&dir).exists());
-        assert!(user.is_open());
-        assert_eq!(notes(&mut user), 5);
-        assert!(!pending_path(&dir).exists());
-        let (scm, modified): (i64, i64) = user
-            .collection()
-            .unwrap()
+        // Staged only: the collection itself is untouched.
+        let staged = pending_restore(dir).unwrap();
+        assert_eq!(notes(dir), 5);
+        let conn = storage::open(&staged).unwrap();
+        let (scm, modified): (i64, i64) = conn
             .query_row("select scm, mod from col", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
-        assert_ne!(scm, old_scm);
         assert_eq!((scm, modified), (1_900_000_000_000, 1_900_000_000_000));
-        // The one-note collection it replaced is the newest backup now.
-        let backups = list(&dir).unwrap();
-        assert_eq!(backups[0].reason, Reason::BeforeRestore);
-        stage_restore(&dir, Some(&backups[0].file), 1_900_000_000_001).unwrap();
-        assert_eq!(notes(&mut user), 1);
     }
 
     #[test]
     fn restore_refuses_garbage_and_unknown_ids() {
-        let (_base, store) = store();
-        let dir = store.slot("u").unwrap().lock().dir().to_path_buf();
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path().to_path_buf();
         assert!(
             stage_restore(&dir, None, 1)
                 .unwrap_err()
@@ -774,12 +723,8 @@ mod tests {
         .unwrap();
         let truncated = file_name(T0 + 2, Reason::Daily);
         let good = {
-            let slot = store.slot("u").unwrap();
-            let mut user = slot.lock();
-            fill(&mut user, 1);
-            let b = snapshot(&mut user, Reason::Daily, T0 + 3, 8)
-                .unwrap()
-                .unwrap();
+            fill(&dir, 1);
+            let b = snapshot(&dir, Reason::Daily, T0 + 3, 8).unwrap().unwrap();
             fs::read(&b.path).unwrap()
         };
         fs::write(backups.join(&truncated), &good[..good.len() / 2]).unwrap();

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use crate::auth::users_file::{self, UsersFile};
 use crate::backup;
 use crate::cli::BackupCommand;
+use crate::clock::now_millis;
 use crate::colpkg::{self, Source};
 use crate::config::Config;
-use crate::user::now_millis;
 
 pub fn run(
     env: &HashMap<String, String>,

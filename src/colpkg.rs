@@ -34,7 +34,7 @@ use sha1::{Digest, Sha1};
 
 use crate::media::store::MEDIA_DIR;
 use crate::media::zip::ZipWriter;
-use crate::user::COLLECTION_FILE;
+use crate::storage::COLLECTION_FILE;
 
 /// Package `anki.import_export`: the package version and the media list.
 pub mod proto {

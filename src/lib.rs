@@ -10,6 +10,7 @@ pub mod backup;
 pub mod backup_cli;
 pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod collection;
 pub mod colpkg;
 pub mod config;

@@ -2,22 +2,22 @@
 //! a copy of it (`download`).
 //!
 //! An upload is streamed to a temporary file next to the collection,
-//! checked, and only then renamed over the old file, so a failed, rejected
-//! or interrupted upload (even a crash) leaves the old collection as it was.
-//! Receiving and checking need no lock; only the swap takes the user's lock.
+//! checked, and only then renamed over the old file (by the per-user layer,
+//! under the user's lock), so a failed, rejected or interrupted upload (even
+//! a crash) leaves the old collection as it was. Receiving and checking need
+//! no lock.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::warn;
 use rusqlite::Connection;
 
-use crate::backup;
+use crate::clock::now_millis;
 use crate::error::{OrSyncError, SyncError};
-use crate::fsutil::{sidecar, sync_dir};
-use crate::storage;
-use crate::user::{COLLECTION_FILE, TEMP_SUFFIX, UserState};
+use crate::fsutil::sidecar;
+use crate::storage::{self, COLLECTION_FILE, TEMP_SUFFIX};
 
 /// The body of a successful upload: two ASCII bytes, not JSON.
 pub const UPLOAD_OK: &str = "OK";
@@ -39,6 +39,14 @@ pub struct TempFile {
 impl TempFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Renames the checked collection over `target` (see
+    /// [`storage::replace_collection`]) and keeps it.
+    pub fn replace_collection(mut self, target: &Path) -> io::Result<()> {
+        storage::replace_collection(target, &self.path)?;
+        self.installed = true;
+        Ok(())
     }
 
     /// Renames the file to `to` (in the same file system) and keeps it.
@@ -156,59 +164,11 @@ fn check_collection(conn: &Connection, path: &Path) -> Result<(), SyncError> {
     }
 }
 
-/// Replaces the user's collection with a checked upload. Runs under the
-/// user's lock.
-pub fn install(state: &mut UserState, mut temp: TempFile) -> Result<(), SyncError> {
-    // The undo for a wrong "upload to server"; a failed backup only warns.
-    backup::take(state, backup::Reason::BeforeUpload);
-    replace_collection(state, temp.path())?;
-    temp.installed = true;
-    info!(
-        "installed a new collection at {}",
-        state.collection_path().display()
-    );
-    Ok(())
-}
-
-/// Renames the checked collection file `from` (in the user's folder) over
-/// the user's collection. Runs under the user's lock.
-pub fn replace_collection(state: &mut UserState, from: &Path) -> io::Result<()> {
-    state.close_collection();
-    let target = state.collection_path();
-    retire_stale_wal(&target);
-    fs::rename(from, &target)?;
-    sync_dir(state.dir())
-}
-
-/// A WAL left next to the old file (after a crash) would be applied to the
-/// new file by SQLite. Fold it into the old file first, then make sure it
-/// is gone before the new file takes the name.
-fn retire_stale_wal(target: &Path) {
-    let wal = sidecar(target, "-wal");
-    if wal.exists() {
-        match storage::open(target).and_then(|c| {
-            c.query_row("pragma wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            c.close().map_err(|(_, e)| e)
-        }) {
-            Ok(()) => {}
-            Err(e) => warn!("checkpointing the old collection before replacing it: {e}"),
-        }
-    }
-    for path in [wal, sidecar(target, "-shm")] {
-        if path.exists() {
-            if let Err(e) = fs::remove_file(&path) {
-                warn!("removing {}: {e}", path.display());
-            }
-        }
-    }
-}
-
-/// Prepares the user's collection for a full download and opens it for
-/// reading: bumps `usn` and sets `mod` to now (as upstream does, so other
-/// devices notice), then checkpoints so the main file alone is complete.
-/// The caller must hold the user's lock until the file has been sent.
-pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64), SyncError> {
-    let col = state.collection()?;
+/// Prepares a collection for a full download: bumps `usn` and sets `mod` to
+/// now (as upstream does, so other devices notice), then checkpoints so the
+/// main file alone is complete. The caller holds the user's lock until the
+/// file has been sent.
+pub fn prepare_download(col: &Connection, now_ms: i64) -> Result<(), SyncError> {
     col.execute("update col set usn = usn + 1, mod = ?", [now_ms])?;
     let busy: i64 = col.query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
@@ -216,30 +176,23 @@ pub fn prepare_download(state: &mut UserState, now_ms: i64) -> Result<(File, u64
             "collection is busy; checkpoint incomplete",
         ));
     }
-    let file = File::open(state.collection_path())?;
-    let len = file.metadata()?.len();
-    Ok((file, len))
+    Ok(())
 }
 
-/// Like [`prepare_download`], for clients before 2.1.57: they get a schema-11
-/// rendition, written to a private temporary copy (the stored schema-18 file
-/// is only read). The copy is unlinked as soon as it is open, so it vanishes
-/// when sent, even if the server dies mid-way; the user's lock is not needed
-/// while sending it.
-pub fn prepare_legacy_download(
-    state: &mut UserState,
-    now_ms: i64,
-) -> Result<(File, u64), SyncError> {
-    prepare_download(state, now_ms)?;
+/// For clients before 2.1.57: a schema-11 rendition of the (prepared)
+/// collection, written to a private temporary copy in `dir` (the stored
+/// schema-18 file is only read). The copy is unlinked as soon as it is open,
+/// so it vanishes when sent, even if the server dies mid-way; no lock is
+/// needed while sending it.
+pub fn legacy_copy(col: &Connection, dir: &Path) -> Result<(File, u64), SyncError> {
     let temp = TempFile {
-        path: state.dir().join(format!(
+        path: dir.join(format!(
             "{COLLECTION_FILE}.legacy-{}-{:x}{TEMP_SUFFIX}",
             std::process::id(),
             random_u64()
         )),
         installed: false,
     };
-    let col = state.collection()?;
     storage::legacy::write_schema11_copy(col, temp.path())
         .or_internal("writing the schema-11 copy")?;
     let file = File::open(temp.path())?;
@@ -251,7 +204,7 @@ pub fn prepare_legacy_download(
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::getrandom(&mut bytes).is_err() {
-        return crate::user::now_millis() as u64;
+        return now_millis() as u64;
     }
     u64::from_le_bytes(bytes)
 }

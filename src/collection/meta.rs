@@ -4,8 +4,10 @@
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_millis;
 use crate::error::SyncError;
 use crate::http::framing::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
+use crate::storage;
 
 #[derive(Deserialize, Debug)]
 pub struct MetaRequest {
@@ -42,7 +44,23 @@ pub struct MetaContext {
     pub media_usn: i32,
 }
 
+/// `meta` on the user's collection, now.
 pub fn meta(
+    col: &Connection,
+    req: &MetaRequest,
+    max_payload_bytes: u64,
+    media_usn: i32,
+) -> Result<MetaResponse, SyncError> {
+    let ctx = MetaContext {
+        now_ms: now_millis(),
+        file_size: storage::file_size(col),
+        max_payload_bytes,
+        media_usn,
+    };
+    meta_at(col, req, &ctx)
+}
+
+fn meta_at(
     col: &Connection,
     req: &MetaRequest,
     ctx: &MetaContext,
@@ -155,13 +173,13 @@ mod tests {
 
     #[test]
     fn reports_the_col_row() {
-        let m = meta(&collection("2", "null", true), &req(11), &ctx(10)).unwrap();
+        let m = meta_at(&collection("2", "null", true), &req(11), &ctx(10)).unwrap();
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
             r#"{"mod":5,"scm":7,"usn":3,"ts":1795348622,"msg":"","cont":true,"hostNum":0,"empty":false,"media_usn":4}"#
         );
         assert!(
-            meta(&collection("2", "null", false), &req(11), &ctx(10))
+            meta_at(&collection("2", "null", false), &req(11), &ctx(10))
                 .unwrap()
                 .empty
         );
@@ -169,29 +187,29 @@ mod tests {
 
     #[test]
     fn oversized_collections_get_a_fresh_schema_stamp() {
-        let m = meta(&collection("2", "null", true), &req(11), &ctx(1001)).unwrap();
+        let m = meta_at(&collection("2", "null", true), &req(11), &ctx(1001)).unwrap();
         assert_eq!(m.scm, 1_795_348_622_182);
     }
 
     #[test]
     fn version_gates() {
         assert!(matches!(
-            meta(&collection("2", "null", true), &req(7), &ctx(1)),
+            meta_at(&collection("2", "null", true), &req(7), &ctx(1)),
             Err(ref e) if e.kind() == Kind::ClientTooOld
         ));
         assert!(matches!(
-            meta(&collection("2", "null", true), &req(12), &ctx(1)),
+            meta_at(&collection("2", "null", true), &req(12), &ctx(1)),
             Err(ref e) if e.kind() == Kind::ClientTooOld
         ));
-        let m = meta(&collection("2", "null", true), &req(8), &ctx(1)).unwrap();
+        let m = meta_at(&collection("2", "null", true), &req(8), &ctx(1)).unwrap();
         assert!(!m.cont);
         assert!(m.msg.contains("v2 scheduler"));
-        let m = meta(&collection("2", "-60", true), &req(9), &ctx(1)).unwrap();
+        let m = meta_at(&collection("2", "-60", true), &req(9), &ctx(1)).unwrap();
         assert!(!m.cont);
         assert!(m.msg.contains("timezone"));
-        let m = meta(&collection("2", "null", true), &req(9), &ctx(1)).unwrap();
+        let m = meta_at(&collection("2", "null", true), &req(9), &ctx(1)).unwrap();
         assert!(m.cont);
-        let m = meta(&collection("1", "-60", true), &req(10), &ctx(1)).unwrap();
+        let m = meta_at(&collection("1", "-60", true), &req(10), &ctx(1)).unwrap();
         assert!(m.cont);
     }
 }

@@ -4,10 +4,10 @@
 
 use std::fmt;
 
-/// Methods of the collection protocol (`/sync/…`), spelled as on the wire.
+/// Methods of the collection protocol (`/sync/…`) after login, spelled as
+/// on the wire. Login itself (`/sync/hostKey`) is [`Route::HostKey`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMethod {
-    HostKey,
     Meta,
     Start,
     ApplyGraves,
@@ -22,8 +22,7 @@ pub enum SyncMethod {
 }
 
 impl SyncMethod {
-    const ALL: [(&'static str, SyncMethod); 12] = [
-        ("hostKey", SyncMethod::HostKey),
+    const ALL: [(&'static str, SyncMethod); 11] = [
         ("meta", SyncMethod::Meta),
         ("start", SyncMethod::Start),
         ("applyGraves", SyncMethod::ApplyGraves),
@@ -79,6 +78,8 @@ pub enum Route {
     /// `GET /`: a short page for people who open the address in a browser.
     Index,
     Health,
+    /// `/sync/hostKey`: login, the one request answered before authentication.
+    HostKey,
     Sync(SyncMethod),
     Media(MediaMethod),
 }
@@ -88,6 +89,7 @@ impl fmt::Display for Route {
         match self {
             Route::Index => f.write_str("/"),
             Route::Health => f.write_str("/health"),
+            Route::HostKey => f.write_str("/sync/hostKey"),
             Route::Sync(m) => write!(f, "/sync/{}", m.name()),
             Route::Media(m) => write!(f, "/msync/{}", m.name()),
         }
@@ -134,6 +136,10 @@ pub fn route(verb: Verb, url: &str, base_path: &str) -> Result<Route, RouteError
             Verb::Get | Verb::Head => Ok(Route::Health),
             _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
         },
+        ["sync", "hostKey"] => {
+            require_post(verb)?;
+            Ok(Route::HostKey)
+        }
         ["sync", name] => {
             let method = find(&SyncMethod::ALL, name)?;
             require_post(verb)?;
@@ -183,6 +189,8 @@ mod tests {
             );
             assert_eq!(m.name(), name);
         }
+        assert_eq!(route(Verb::Post, "/sync/hostKey", "/"), Ok(Route::HostKey));
+        assert_eq!(Route::HostKey.to_string(), "/sync/hostKey");
         for (name, m) in MediaMethod::ALL {
             assert_eq!(
                 route(Verb::Post, &format!("/msync/{name}"), "/"),

@@ -21,20 +21,19 @@ use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
 use super::spill::Spill;
 use crate::auth::Users;
 use crate::auth::live::LiveUsers;
-use crate::backup;
 use crate::budget::{self, Account, MemoryBudget};
+use crate::clock::now_millis;
 use crate::collection::changes;
 use crate::collection::chunks;
 use crate::collection::decode::DecodeError;
 use crate::collection::full::{self, ReceiveError};
 use crate::collection::graves;
-use crate::collection::meta::{self, MetaContext, MetaRequest};
+use crate::collection::meta::{self, MetaRequest};
 use crate::collection::sanity::{self, SanityRequest};
-use crate::collection::state;
 use crate::collection::unbury;
 use crate::config::Config;
 use crate::error::{OrSyncError, SyncError};
-use crate::user::{UserSlot, UserStore, now_millis};
+use crate::user::{UserSlot, UserStore};
 
 /// Everything a worker needs; shared by all workers.
 pub struct Service {
@@ -214,7 +213,7 @@ impl Service {
         fields.client = Some(header.client.clone());
 
         let users = self.current_users();
-        if route == Route::Sync(SyncMethod::HostKey) {
+        if route == Route::HostKey {
             let login: LoginRequest = body.json()?;
             fields.user = Some(login.u.clone());
             // PBKDF2 runs here, on this request's own copy of the table: no lock is held.
@@ -234,7 +233,7 @@ impl Service {
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
             Route::Media(method) => self.media(method, &header, &mut body, slot),
-            Route::Health | Route::Index => Ok(Reply::Empty),
+            Route::Health | Route::Index | Route::HostKey => Ok(Reply::Empty),
         }
     }
 
@@ -255,7 +254,7 @@ impl Service {
         self.users.current()
     }
 
-    /// `/sync/*` after login, under the user's collection lock.
+    /// `/sync/*` after login: decode, call the per-user layer, encode.
     fn collection<'s>(
         &'s self,
         method: SyncMethod,
@@ -263,79 +262,28 @@ impl Service {
         body: &mut Body<'_>,
         slot: &'s UserSlot,
     ) -> Result<Reply<'s>, HandlerError> {
-        let name = slot.name.as_str();
+        let session = header.session.as_str();
         match method {
             SyncMethod::Meta => {
                 let req: MetaRequest = body.json()?;
-                let mut state = slot.lock();
-                // A status check from any device ends a sync in progress, as upstream.
-                state.abort_sync();
-                let file_size = std::fs::metadata(state.collection_path())
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                let col = state.collection()?;
-                let ctx = MetaContext {
-                    now_ms: now_millis(),
-                    file_size,
-                    max_payload_bytes: self.config.max_payload_bytes(),
-                    media_usn: slot.media.usn()?,
-                };
-                let answer = meta::meta(col, &req, &ctx)?;
-                json_reply(&answer)
+                let media_usn = slot.media.usn()?;
+                let limit = self.config.max_payload_bytes();
+                json_reply(&slot.with_col(|col| meta::meta(col, &req, limit, media_usn))?)
             }
-            SyncMethod::Upload => {
-                let dir = {
-                    let mut user = slot.lock();
-                    user.abort_sync();
-                    user.dir().to_path_buf()
-                };
-                let temp = match full::receive(&dir, &mut body.decoded()?) {
-                    Ok(temp) => temp,
-                    Err(ReceiveError::Body(e)) => {
-                        return match FramingError::from_body_error(e) {
-                            FramingError::TooLarge(limit) => {
-                                warn!("upload from {name} refused: {limit}");
-                                Ok(Reply::Bytes(full::UPLOAD_TOO_LARGE.into()))
-                            }
-                            other => Err(other.into()),
-                        };
-                    }
-                    Err(ReceiveError::Disk(e)) => {
-                        error!("upload from {name} could not be stored: {e}");
-                        return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
-                    }
-                };
-                if let Err(reason) = full::validate(&temp) {
-                    warn!("upload from {name} rejected: {reason}");
-                    return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
-                }
-                let mut state = slot.lock();
-                full::install(&mut state, temp)?;
-                Ok(Reply::Bytes(full::UPLOAD_OK.into()))
-            }
+            SyncMethod::Upload => self.upload(body, slot),
             SyncMethod::Download => {
                 body.discard()?;
-                slot.lock().abort_sync();
-                if header.version < SYNC_VERSION_ZSTD {
-                    let (file, len) =
-                        full::prepare_legacy_download(&mut slot.lock(), now_millis())?;
-                    return Ok(Reply::File {
-                        file,
-                        len,
-                        _hold: Box::new(()),
-                    });
-                }
-                let mut state = slot.lock();
-                let (file, len) = full::prepare_download(&mut state, now_millis())?;
+                let legacy = header.version < SYNC_VERSION_ZSTD;
+                let download = slot.download(legacy, now_millis())?;
                 Ok(Reply::File {
-                    file,
-                    len,
-                    _hold: Box::new(state),
+                    file: download.file,
+                    len: download.len,
+                    _hold: Box::new(download.hold),
                 })
             }
             SyncMethod::Abort => {
                 body.discard()?;
-                slot.lock().abort_sync();
+                slot.abort_sync();
                 Ok(json_null())
             }
             SyncMethod::Start => {
@@ -345,104 +293,108 @@ impl Service {
                     body.decoded()?,
                     &account,
                     &mut |start| {
-                        let mut user = slot.lock();
-                        // Before the day's first incoming changes, so they can be undone.
-                        backup::daily(&mut user);
-                        state::begin(&mut user, &header.session, start.min_usn, start.lnewer)?;
-                        let graves = state::step(&mut user, &header.session, |col, st| {
-                            unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
-                            // Ours first: the client's legacy graves must not echo back.
-                            let graves = graves::since(col, st.client_usn)?;
-                            st.sent += graves.len();
-                            Ok(graves)
-                        })?;
-                        ours = Some(graves);
+                        let answer =
+                            slot.start_sync(session, start.min_usn, start.lnewer, 0, |col, st| {
+                                unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
+                                // Ours first: the client's legacy graves must not echo back.
+                                graves::since(col, st.client_usn)
+                            })?;
+                        ours = Some(answer);
                         Ok(())
                     },
                     &mut |batch| {
-                        state::step(&mut slot.lock(), &header.session, |col, st| {
-                            st.received += batch.len();
+                        slot.with_sync_state(session, batch.len(), |col, st| {
                             graves::apply(col, batch, st.server_usn)
                         })
                     },
                 );
-                decoded(received, slot, &header.session)?;
+                decoded(received, slot, session)?;
                 json_reply(&ours.unwrap_or_default())
             }
             SyncMethod::ApplyGraves => {
                 let account = self.account();
                 let received = graves::receive(body.decoded()?, &account, &mut |batch| {
-                    state::step(&mut slot.lock(), &header.session, |col, st| {
-                        st.received += batch.len();
+                    slot.with_sync_state(session, batch.len(), |col, st| {
                         graves::apply(col, batch, st.server_usn)
                     })
                 });
-                decoded(received, slot, &header.session)?;
+                decoded(received, slot, session)?;
                 Ok(json_null())
             }
             SyncMethod::ApplyChanges => {
                 // Our answer first, so the client never gets its own changes back.
-                let answer = state::step(&mut slot.lock(), &header.session, |col, st| {
-                    let answer = changes::server_changes(col, st)?;
-                    st.sent += answer.len();
-                    Ok(answer)
-                })?;
+                let answer =
+                    slot.with_sync_state(session, 0, |col, st| changes::server_changes(col, st))?;
                 let now = now_millis() / 1000;
                 let account = self.account();
                 let received = changes::receive(body.decoded()?, &account, &mut |batch| {
-                    state::step(&mut slot.lock(), &header.session, |col, st| {
-                        st.received += batch.iter().filter(|c| c.is_object()).count();
+                    let objects = batch.iter().filter(|c| c.is_object()).count();
+                    slot.with_sync_state(session, objects, |col, st| {
                         changes::apply(col, st, batch, now)
                     })
                 });
-                decoded(received, slot, &header.session)?;
+                decoded(received, slot, session)?;
                 json_reply(&answer)
             }
             SyncMethod::Chunk => {
                 body.discard()?;
-                let chunk = state::step(&mut slot.lock(), &header.session, |col, st| {
-                    let chunk = chunks::next(col, st)?;
-                    st.sent += chunk.len();
-                    Ok(chunk)
-                })?;
-                json_reply(&chunk)
+                json_reply(&slot.with_sync_state(session, 0, |col, st| chunks::next(col, st))?)
             }
             SyncMethod::ApplyChunk => {
                 let account = self.account();
                 let received = chunks::receive(body.decoded()?, &account, &mut |batch| {
-                    state::step(&mut slot.lock(), &header.session, |col, st| {
-                        st.received += batch.len();
+                    slot.with_sync_state(session, batch.len(), |col, st| {
                         chunks::apply(col, st, batch)
                     })
                 });
-                decoded(received, slot, &header.session)?;
+                decoded(received, slot, session)?;
                 Ok(json_null())
             }
             SyncMethod::SanityCheck2 => {
                 let req: SanityRequest = body.json()?;
-                let mut user = slot.lock();
-                let answer = state::step(&mut user, &header.session, |col, _| {
-                    sanity::check(col, req.client)
-                })?;
-                if answer.status != "ok" {
-                    warn!("user {name}: sanity check failed, sync rolled back: {answer:?}");
-                    user.abort_sync();
-                }
+                let answer =
+                    slot.with_sync_state(session, 0, |col, _| sanity::check(col, req.client))?;
                 json_reply(&answer)
             }
             SyncMethod::Finish => {
                 body.discard()?;
-                let done = state::finish(&mut slot.lock(), &header.session, now_millis())?;
-                info!(
-                    "user {name}: normal sync finished in {} ms, {} objects sent, {} received",
-                    done.millis, done.sent, done.received
-                );
-                json_reply(&done.now_ms)
-            }
-            SyncMethod::HostKey => {
-                Err(SyncError::internal("login is handled before authentication").into())
+                json_reply(&slot.finish_sync(session, now_millis())?)
             }
         }
+    }
+
+    /// `upload`: the body goes to a checked temporary file without the
+    /// user's lock; the per-user layer swaps it in. The failures a user can
+    /// act on are answered 200 with upstream's texts, which clients show.
+    fn upload<'s>(
+        &self,
+        body: &mut Body<'_>,
+        slot: &'s UserSlot,
+    ) -> Result<Reply<'s>, HandlerError> {
+        let name = slot.name.as_str();
+        slot.abort_sync();
+        let temp = match full::receive(slot.dir(), &mut body.decoded()?) {
+            Ok(temp) => temp,
+            Err(ReceiveError::Body(e)) => {
+                return match FramingError::from_body_error(e) {
+                    FramingError::TooLarge(limit) => {
+                        warn!("upload from {name} refused: {limit}");
+                        Ok(Reply::Bytes(full::UPLOAD_TOO_LARGE.into()))
+                    }
+                    other => Err(other.into()),
+                };
+            }
+            Err(ReceiveError::Disk(e)) => {
+                error!("upload from {name} could not be stored: {e}");
+                return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
+            }
+        };
+        if let Err(reason) = full::validate(&temp) {
+            warn!("upload from {name} rejected: {reason}");
+            return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
+        }
+        slot.replace_collection(temp)?;
+        Ok(Reply::Bytes(full::UPLOAD_OK.into()))
     }
 
     /// A request's account with the memory budget for decoded bodies.
@@ -577,7 +529,7 @@ fn decoded<T>(
 ) -> Result<T, HandlerError> {
     result.map_err(|e| {
         if !matches!(e, DecodeError::Apply(_)) {
-            state::abort_owned(&mut slot.lock(), session);
+            slot.abort_owned(session);
         }
         match e {
             DecodeError::Body(e) => FramingError::from_body_error(e).into(),

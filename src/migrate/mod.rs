@@ -25,7 +25,7 @@ use rusqlite::Connection;
 
 use crate::media::db::DB_FILE as MEDIA_DB_FILE;
 use crate::media::store::MEDIA_DIR;
-use crate::user::COLLECTION_FILE;
+use crate::storage::COLLECTION_FILE;
 use source::{Source, SourceUser};
 
 /// The folder inside a user's folder where an import is assembled. Not

@@ -1,0 +1,179 @@
+//! Full sync through the per-user layer. An upload, received and checked
+//! without the lock (`collection::full`), replaces the collection under one
+//! lock hold, after a backup of the one it replaces. A download prepares and
+//! opens the collection under one lock hold too, so no `start` from another
+//! device can come in between, and keeps holding it while the file is sent.
+
+use std::fs::File;
+
+use log::info;
+
+use super::slot::{UserGuard, UserSlot};
+use crate::backup::Reason;
+use crate::collection::full::{self, TempFile};
+use crate::error::SyncError;
+
+/// A collection file ready to send.
+pub struct Download<'a> {
+    pub file: File,
+    pub len: u64,
+    /// Kept alive until the last byte is sent.
+    pub hold: Hold<'a>,
+}
+
+/// The user's lock while a current client downloads the collection file
+/// itself (nothing may write to it meanwhile); nothing for a legacy client,
+/// whose private copy needs no lock.
+pub struct Hold<'a> {
+    _guard: Option<UserGuard<'a>>,
+}
+
+impl UserSlot {
+    /// Replaces the collection with a checked upload: ends a normal sync in
+    /// progress, backs up the collection it replaces (the undo for a wrong
+    /// "upload to server"; a failed backup only warns) and renames the
+    /// upload over it.
+    pub fn replace_collection(&self, upload: TempFile) -> Result<(), SyncError> {
+        let mut user = self.lock();
+        user.backup(Reason::BeforeUpload);
+        let target = user.collection_path();
+        upload.replace_collection(&target)?;
+        info!("installed a new collection at {}", target.display());
+        Ok(())
+    }
+
+    /// Prepares the collection for a full download (ending a normal sync in
+    /// progress) and opens it: the file itself for current clients, with
+    /// the lock held until it is sent; for `legacy` clients (before 2.1.57)
+    /// a schema-11 copy, and the lock is released at once.
+    pub fn download(&self, legacy: bool, now_ms: i64) -> Result<Download<'_>, SyncError> {
+        let mut user = self.lock();
+        user.abort_sync();
+        let col = user.collection()?;
+        full::prepare_download(col, now_ms)?;
+        if legacy {
+            let (file, len) = full::legacy_copy(col, &self.dir)?;
+            return Ok(Download {
+                file,
+                len,
+                hold: Hold { _guard: None },
+            });
+        }
+        let file = File::open(user.collection_path())?;
+        let len = file.metadata()?.len();
+        Ok(Download {
+            file,
+            len,
+            hold: Hold { _guard: Some(user) },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::backup;
+    use crate::storage::COLLECTION_FILE;
+    use crate::user::UserStore;
+
+    fn notes(slot: &UserSlot) -> i64 {
+        slot.with_col(|col| Ok(col.query_row("select count(*) from notes", [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    fn add_notes(slot: &UserSlot, ids: std::ops::RangeInclusive<i64>) {
+        slot.with_col(|col| {
+            for id in ids {
+                col.execute(
+                    "insert into notes values (?1, ?2, 1, 0, 0, '', 'f\x1fb', 'f', 0, 0, '')",
+                    rusqlite::params![id, format!("guid{id}")],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_staged_restore_is_swapped_in_at_the_next_use_and_is_undoable() {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        let slot = store.slot("u").unwrap();
+        add_notes(&slot, 1..=5);
+        slot.close();
+        backup::take(slot.dir(), Reason::BeforeUpload);
+        slot.with_col(|col| Ok(col.execute("delete from notes where id > 1", [])?))
+            .unwrap();
+        assert_eq!(notes(&slot), 1);
+        // Staged while a normal sync runs: not swapped in mid-sync...
+        slot.start_sync("s", 0, false, 0, |_, _| Ok(())).unwrap();
+        backup::stage_restore(slot.dir(), None, 1_900_000_000_000).unwrap();
+        slot.with_sync_state("s", 0, |col, _| {
+            let n: i64 = col.query_row("select count(*) from notes", [], |r| r.get(0))?;
+            assert_eq!(n, 1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(backup::pending_restore(slot.dir()).is_some());
+        // ...but at the next use outside one (which ends the sync).
+        assert_eq!(notes(&slot), 5);
+        assert!(backup::pending_restore(slot.dir()).is_none());
+        let scm: i64 = slot
+            .with_col(|col| Ok(col.query_row("select scm from col", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(scm, 1_900_000_000_000);
+        // The one-note collection it replaced is the newest backup now.
+        let backups = backup::list(slot.dir()).unwrap();
+        assert_eq!(backups[0].reason, Reason::BeforeRestore);
+        backup::stage_restore(slot.dir(), Some(&backups[0].file), 1_900_000_000_001).unwrap();
+        assert_eq!(notes(&slot), 1);
+    }
+
+    #[test]
+    fn an_upload_replaces_the_collection_after_backing_it_up() {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        let slot = store.slot("u").unwrap();
+        add_notes(&slot, 1..=2);
+        let replacement = {
+            let other = tempfile::tempdir().unwrap();
+            let path = other.path().join(COLLECTION_FILE);
+            crate::storage::create_collection(&path, 1_800_000_000_000).unwrap();
+            fs::read(path).unwrap()
+        };
+        let temp = full::receive(slot.dir(), &mut &replacement[..]).unwrap();
+        full::validate(&temp).unwrap();
+        slot.replace_collection(temp).unwrap();
+        assert_eq!(notes(&slot), 0);
+        let backups = backup::list(slot.dir()).unwrap();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(backups[0].reason, Reason::BeforeUpload);
+    }
+
+    #[test]
+    fn a_download_holds_the_lock_until_sent_and_bumps_usn() {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        let slot = store.slot("u").unwrap();
+        slot.start_sync("s", 0, false, 0, |_, _| Ok(())).unwrap();
+        let download = slot.download(false, 1_800_000_000_000).unwrap();
+        assert_eq!(download.len, download.file.metadata().unwrap().len());
+        assert!(slot.state_is_locked(), "the lock is held while sending");
+        drop(download);
+        // The sync in progress was ended; the usn bump is committed.
+        let (usn, modified): (i64, i64) = slot
+            .with_col(|col| {
+                Ok(col.query_row("select usn, mod from col", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .unwrap();
+        assert_eq!((usn, modified), (1, 1_800_000_000_000));
+        assert!(slot.with_sync_state("s", 0, |_, _| Ok(())).is_err());
+        let legacy = slot.download(true, 1_800_000_000_001).unwrap();
+        assert!(!slot.state_is_locked(), "a legacy copy needs no lock");
+        assert!(legacy.len > 0);
+    }
+}

@@ -1,0 +1,220 @@
+//! One user's lock and what it guards: the collection connection (opened on
+//! first use, closed when idle, so an idle server holds no database memory)
+//! and the normal sync in progress, whose transaction is open on that
+//! connection. The media store has its own lock beside it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use rusqlite::Connection;
+
+use crate::backup::{self, Reason};
+use crate::clock::now_millis;
+use crate::collection::state::SyncState;
+use crate::error::SyncError;
+use crate::media::MediaSlot;
+use crate::storage::{self, COLLECTION_FILE, TEMP_SUFFIX};
+
+/// A normal sync left without a request for this long is rolled back.
+const ABANDONED_SYNC: Duration = Duration::from_secs(30 * 60);
+
+pub struct UserSlot {
+    pub name: String,
+    pub(super) dir: PathBuf,
+    state: Mutex<UserState>,
+    /// Media store with its own lock, so media and collection syncs of one
+    /// user never wait for or disturb each other.
+    pub media: MediaSlot,
+}
+
+/// Everything guarded by a user's lock.
+pub(super) struct UserState {
+    dir: PathBuf,
+    col: Option<Connection>,
+    last_used: Instant,
+    /// The normal sync in progress, if any; its transaction is open on `col`.
+    pub(super) sync: Option<SyncState>,
+}
+
+pub(super) type UserGuard<'a> = MutexGuard<'a, UserState>;
+
+impl UserSlot {
+    /// Creates the user's folder (and `media/`), makes folders an older
+    /// version left readable to others private, removes temporary files a
+    /// crash left behind, and opens the media store.
+    pub(super) fn new(base: &Path, name: &str) -> io::Result<UserSlot> {
+        let dir = base.join(name);
+        crate::fsutil::create_dir_all_durable(&dir.join("media"))?;
+        for folder in [dir.clone(), dir.join("media"), dir.join(backup::DIR)] {
+            crate::fsutil::make_private_dir(&folder);
+        }
+        crate::fsutil::remove_leftover_temp_files(&dir, |name| {
+            name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX)
+        });
+        backup::remove_abandoned_temp_files(&dir);
+        let media = MediaSlot::open(&dir)?;
+        Ok(UserSlot {
+            name: name.to_string(),
+            dir: dir.clone(),
+            media,
+            state: Mutex::new(UserState {
+                dir,
+                col: None,
+                last_used: Instant::now(),
+                sync: None,
+            }),
+        })
+    }
+
+    /// The user's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes this user's lock. If an earlier request panicked while holding
+    /// it, the connection is dropped (rolling back whatever it was doing)
+    /// rather than trusted.
+    pub(super) fn lock(&self) -> UserGuard<'_> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                warn!("user {}: recovering after a failed request", self.name);
+                let mut guard = poisoned.into_inner();
+                // Dropping the connection rolls back any open transaction.
+                guard.sync = None;
+                guard.col = None;
+                self.state.clear_poison();
+                guard
+            }
+        }
+    }
+
+    /// Closes the collection if it was unused for `idle`, and rolls back a
+    /// normal sync abandoned mid-way (client crashed) after a while. Skips a
+    /// user who is busy.
+    pub(super) fn close_idle(&self, idle: Duration) {
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let unused = state.last_used.elapsed();
+        if state.sync.is_some() && unused < ABANDONED_SYNC {
+            return;
+        }
+        if state.col.is_some() && unused >= idle {
+            state.close_collection();
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn state_is_locked(&self) -> bool {
+        self.state.try_lock().is_err()
+    }
+
+    /// Closes the collection, waiting for a request that uses it (shutdown).
+    pub(super) fn close(&self) {
+        self.lock().close_collection();
+    }
+}
+
+impl UserState {
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(super) fn collection_path(&self) -> PathBuf {
+        self.dir.join(COLLECTION_FILE)
+    }
+
+    /// The user's collection, opened (and created, for a first-time user)
+    /// on first use. Outside a normal sync, a restore staged by `backup
+    /// restore` is swapped in first, so it never lands mid-sync.
+    pub(super) fn collection(&mut self) -> Result<&mut Connection, SyncError> {
+        self.last_used = Instant::now();
+        if self.sync.is_none() {
+            self.apply_pending_restore();
+        }
+        let col = match self.col.take() {
+            Some(col) => col,
+            None => {
+                let path = self.collection_path();
+                if !path.exists() {
+                    info!("creating a new collection at {}", path.display());
+                    storage::create_collection(&path, now_millis())?;
+                }
+                storage::open(&path)?
+            }
+        };
+        Ok(self.col.insert(col))
+    }
+
+    /// The open collection together with the sync state, for the sync steps.
+    pub(super) fn collection_and_sync(
+        &mut self,
+    ) -> Result<(&mut Connection, &mut Option<SyncState>), SyncError> {
+        self.collection()?;
+        match self.col.as_mut() {
+            Some(col) => Ok((col, &mut self.sync)),
+            None => Err(SyncError::internal("the collection closed while opening")),
+        }
+    }
+
+    /// Swaps in a restore staged by `backup restore`, if there is one, after
+    /// backing up the collection it replaces (so a restore can be undone).
+    fn apply_pending_restore(&mut self) {
+        let Some(pending) = backup::pending_restore(&self.dir) else {
+            return;
+        };
+        self.backup(Reason::BeforeRestore);
+        // The staged file leaves backups/ too: that must be durable, or after a
+        // power cut it would be there again and undo every sync since.
+        let applied = storage::replace_collection(&self.collection_path(), &pending)
+            .and_then(|()| crate::fsutil::sync_dir(&backup::backups_dir(&self.dir)));
+        match applied {
+            Ok(()) => info!(
+                "restored a backup into {}; devices will be asked to full-sync",
+                self.collection_path().display()
+            ),
+            Err(e) => warn!("applying the restore staged at {}: {e}", pending.display()),
+        }
+    }
+
+    /// Takes a backup of the collection, closing it first (the next use
+    /// reopens it). A failed backup only warns.
+    pub(super) fn backup(&mut self, reason: Reason) {
+        self.close_collection();
+        backup::take(&self.dir, reason);
+    }
+
+    /// Ends any normal sync in progress, rolling back what it applied.
+    pub(super) fn abort_sync(&mut self) {
+        if self.sync.take().is_some() {
+            if let Some(col) = &self.col {
+                if let Err(e) = col.execute_batch("rollback") {
+                    warn!(
+                        "rolling back an abandoned sync in {}: {e}",
+                        self.dir.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Closes the connection (SQLite checkpoints and removes the WAL when the
+    /// last connection closes).
+    pub(super) fn close_collection(&mut self) {
+        self.abort_sync();
+        if let Some(col) = self.col.take() {
+            if let Err((_, e)) = col.close() {
+                warn!("closing collection in {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_open(&self) -> bool {
+        self.col.is_some()
+    }
+}
