@@ -22,6 +22,7 @@ pub mod logger;
 pub mod media;
 pub mod migrate;
 pub mod notify;
+pub mod protocol;
 pub mod service_env;
 pub mod storage;
 pub mod user;

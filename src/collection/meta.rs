@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_millis;
 use crate::error::SyncError;
-use crate::http::framing::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
+use crate::protocol::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
 use crate::storage;
 
 #[derive(Deserialize, Debug)]

@@ -10,12 +10,7 @@ use serde::Deserialize;
 use super::limit::{self, LimitExceeded, LimitReader};
 use super::multipart::MultipartError;
 use crate::budget::{self, Refusal};
-
-/// Sync protocol versions this server speaks (8–10 legacy, 11 current).
-pub const SYNC_VERSION_MIN: u8 = 8;
-pub const SYNC_VERSION_MAX: u8 = 11;
-/// From this version on, bodies are zstd and responses carry `anki-original-size`.
-pub const SYNC_VERSION_ZSTD: u8 = 11;
+use crate::protocol::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
 
 /// zstd level for responses: fast, because a Raspberry Pi compresses whole
 /// collections with it while the client waits.

@@ -1,16 +1,28 @@
-//! HTTP: the worker pool on top of tiny_http, routing, framing and limits.
+//! HTTP: the worker pool on top of tiny_http, routing, framing and limits,
+//! and the handlers that turn requests into calls of the per-user layer.
 //! Everything that knows about status codes and headers lives here.
+//!
+//! - `server`: the worker pool; `service`: one request from start to finish.
+//! - `route`, `framing` (v11 header and zstd bodies), `legacy` and
+//!   `multipart` (pre-2.1.57 forms), `spill`, `body`, `limit`: the request.
+//! - `sync_handlers`, `media_handlers`: one handler per protocol method.
+//! - `reply`: encoding answers; `error`: errors become statuses, once.
+//! - `park`: requests that must wait their turn, held without a worker.
 
+mod body;
 pub mod error;
 pub mod framing;
+mod legacy;
 pub mod limit;
-mod media_service;
+mod media_handlers;
 pub mod multipart;
 pub mod park;
+mod reply;
 pub mod route;
 pub mod server;
 mod service;
 pub mod spill;
+mod sync_handlers;
 
 pub use server::run;
 pub use service::Service;

@@ -1,38 +1,28 @@
-//! Handling one request from start to finish: route, framing, auth, the
-//! user's lock, the protocol handler, the encoded answer and one log line.
-//! Handlers are plain functions called from `process`, read top to bottom.
+//! Handling one request from start to finish: route, framing, auth, then the
+//! handler of its route (`sync_handlers`, `media_handlers`), the encoded
+//! answer (`reply`) and one log line. Read top to bottom from `handle`.
 
 use std::cell::Cell;
-use std::fs::File;
-use std::io::{self, BufReader, Cursor, Read};
+use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use tiny_http::{Method, Request, Response, StatusCode};
 
+use super::body::{Body, SMALL_JSON_LIMIT, Source, carries_small_json};
 use super::error::HandlerError;
-use super::framing::{self, BodyLimits, FramingError, SYNC_VERSION_ZSTD, SyncHeader};
-use super::multipart::{self, LegacyForm};
-use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
-use super::spill::Spill;
+use super::framing::{BodyLimits, SyncHeader};
+use super::reply::{Reply, header, send_reply};
+use super::route::{Route, Verb, route};
 use crate::auth::Users;
 use crate::auth::live::LiveUsers;
-use crate::budget::{self, Account, MemoryBudget};
-use crate::clock::now_millis;
-use crate::collection::changes;
-use crate::collection::chunks;
-use crate::collection::decode::DecodeError;
-use crate::collection::full::{self, ReceiveError};
-use crate::collection::graves;
-use crate::collection::meta::{self, MetaRequest};
-use crate::collection::sanity::{self, SanityRequest};
-use crate::collection::unbury;
+use crate::budget::MemoryBudget;
 use crate::config::Config;
-use crate::error::{OrSyncError, SyncError};
+use crate::error::OrSyncError;
+use crate::protocol::SYNC_VERSION_ZSTD;
 use crate::user::{UserSlot, UserStore};
 
 /// Everything a worker needs; shared by all workers.
@@ -44,37 +34,6 @@ pub struct Service {
     /// The memory all requests may use for decoded JSON bodies.
     pub budget: MemoryBudget,
 }
-
-/// A successful answer, before encoding.
-pub(super) enum Reply<'s> {
-    /// `/health`: 200 with an empty body, never compressed.
-    Empty,
-    /// `/`: a plain-text page for people, never compressed.
-    Page(String),
-    Bytes(Vec<u8>),
-    /// A file streamed from disk. `_hold` (typically a user's lock guard)
-    /// lives until the last byte is sent, so nothing writes to the file
-    /// meanwhile.
-    File {
-        file: File,
-        len: u64,
-        _hold: Box<dyn Held + 's>,
-    },
-}
-
-fn json_reply<'s, T: serde::Serialize>(value: &T) -> Result<Reply<'s>, HandlerError> {
-    let bytes = serde_json::to_vec(value).or_internal("encoding the answer")?;
-    Ok(Reply::Bytes(bytes))
-}
-
-/// The answer of methods that return nothing.
-fn json_null<'s>() -> Reply<'s> {
-    Reply::Bytes(b"null".to_vec())
-}
-
-/// Anything kept alive while a reply is sent (lock guards, temp files).
-pub(super) trait Held {}
-impl<T> Held for T {}
 
 /// What the log line says about a request.
 #[derive(Default)]
@@ -255,218 +214,6 @@ impl Service {
     }
 
     /// `/sync/*` after login: decode, call the per-user layer, encode.
-    fn collection<'s>(
-        &'s self,
-        method: SyncMethod,
-        header: &SyncHeader,
-        body: &mut Body<'_>,
-        slot: &'s UserSlot,
-    ) -> Result<Reply<'s>, HandlerError> {
-        let session = header.session.as_str();
-        match method {
-            SyncMethod::Meta => {
-                let req: MetaRequest = body.json()?;
-                let media_usn = slot.media.usn()?;
-                let limit = self.config.max_payload_bytes();
-                json_reply(&slot.with_col(|col| meta::meta(col, &req, limit, media_usn))?)
-            }
-            SyncMethod::Upload => self.upload(body, slot),
-            SyncMethod::Download => {
-                body.discard()?;
-                let legacy = header.version < SYNC_VERSION_ZSTD;
-                let download = slot.download(legacy, now_millis())?;
-                Ok(Reply::File {
-                    file: download.file,
-                    len: download.len,
-                    _hold: Box::new(download.hold),
-                })
-            }
-            SyncMethod::Abort => {
-                body.discard()?;
-                slot.abort_sync();
-                Ok(json_null())
-            }
-            SyncMethod::Start => {
-                let account = self.account();
-                let mut ours = None;
-                let received = graves::receive_start(
-                    body.decoded()?,
-                    &account,
-                    &mut |start| {
-                        let answer =
-                            slot.start_sync(session, start.min_usn, start.lnewer, 0, |col, st| {
-                                unbury::unbury_if_day_rolled_over(col, now_millis() / 1000)?;
-                                // Ours first: the client's legacy graves must not echo back.
-                                graves::since(col, st.client_usn)
-                            })?;
-                        ours = Some(answer);
-                        Ok(())
-                    },
-                    &mut |batch| {
-                        slot.with_sync_state(session, batch.len(), |col, st| {
-                            graves::apply(col, batch, st.server_usn)
-                        })
-                    },
-                );
-                decoded(received, slot, session)?;
-                json_reply(&ours.unwrap_or_default())
-            }
-            SyncMethod::ApplyGraves => {
-                let account = self.account();
-                let received = graves::receive(body.decoded()?, &account, &mut |batch| {
-                    slot.with_sync_state(session, batch.len(), |col, st| {
-                        graves::apply(col, batch, st.server_usn)
-                    })
-                });
-                decoded(received, slot, session)?;
-                Ok(json_null())
-            }
-            SyncMethod::ApplyChanges => {
-                // Our answer first, so the client never gets its own changes back.
-                let answer =
-                    slot.with_sync_state(session, 0, |col, st| changes::server_changes(col, st))?;
-                let now = now_millis() / 1000;
-                let account = self.account();
-                let received = changes::receive(body.decoded()?, &account, &mut |batch| {
-                    let objects = batch.iter().filter(|c| c.is_object()).count();
-                    slot.with_sync_state(session, objects, |col, st| {
-                        changes::apply(col, st, batch, now)
-                    })
-                });
-                decoded(received, slot, session)?;
-                json_reply(&answer)
-            }
-            SyncMethod::Chunk => {
-                body.discard()?;
-                json_reply(&slot.with_sync_state(session, 0, |col, st| chunks::next(col, st))?)
-            }
-            SyncMethod::ApplyChunk => {
-                let account = self.account();
-                let received = chunks::receive(body.decoded()?, &account, &mut |batch| {
-                    slot.with_sync_state(session, batch.len(), |col, st| {
-                        chunks::apply(col, st, batch)
-                    })
-                });
-                decoded(received, slot, session)?;
-                Ok(json_null())
-            }
-            SyncMethod::SanityCheck2 => {
-                let req: SanityRequest = body.json()?;
-                let answer =
-                    slot.with_sync_state(session, 0, |col, _| sanity::check(col, req.client))?;
-                json_reply(&answer)
-            }
-            SyncMethod::Finish => {
-                body.discard()?;
-                json_reply(&slot.finish_sync(session, now_millis())?)
-            }
-        }
-    }
-
-    /// `upload`: the body goes to a checked temporary file without the
-    /// user's lock; the per-user layer swaps it in. The failures a user can
-    /// act on are answered 200 with upstream's texts, which clients show.
-    fn upload<'s>(
-        &self,
-        body: &mut Body<'_>,
-        slot: &'s UserSlot,
-    ) -> Result<Reply<'s>, HandlerError> {
-        let name = slot.name.as_str();
-        slot.abort_sync();
-        let temp = match full::receive(slot.dir(), &mut body.decoded()?) {
-            Ok(temp) => temp,
-            Err(ReceiveError::Body(e)) => {
-                return match FramingError::from_body_error(e) {
-                    FramingError::TooLarge(limit) => {
-                        warn!("upload from {name} refused: {limit}");
-                        Ok(Reply::Bytes(full::UPLOAD_TOO_LARGE.into()))
-                    }
-                    other => Err(other.into()),
-                };
-            }
-            Err(ReceiveError::Disk(e)) => {
-                error!("upload from {name} could not be stored: {e}");
-                return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
-            }
-        };
-        if let Err(reason) = full::validate(&temp) {
-            warn!("upload from {name} rejected: {reason}");
-            return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
-        }
-        slot.replace_collection(temp)?;
-        Ok(Reply::Bytes(full::UPLOAD_OK.into()))
-    }
-
-    /// A request's account with the memory budget for decoded bodies.
-    fn account(&self) -> Account<'_> {
-        Account::new(&self.budget, budget::LIMITS)
-    }
-
-    /// Reads a legacy request: the whole multipart form (its `data` part kept
-    /// in a [`Spill`]), or for `GET /msync/begin` the query string. Legacy
-    /// requests count as protocol version 10, as upstream.
-    fn legacy_request<'r>(
-        &self,
-        request: &'r mut Request,
-        route: Route,
-        received: &'r Cell<u64>,
-        limits: BodyLimits,
-    ) -> Result<(SyncHeader, Body<'r>), HandlerError> {
-        let mut header = SyncHeader {
-            version: LEGACY_VERSION,
-            hkey: String::new(),
-            client: String::new(),
-            session: String::new(),
-        };
-        if request.method() == &Method::Get {
-            // Only `/msync/begin` routes a GET here: `?k=HKEY&v=VERSION`.
-            let query = request.url().split_once('?').map(|(_, q)| q).unwrap_or("");
-            header.hkey = query_param(query, "k").unwrap_or_default();
-            let client = query_param(query, "v");
-            header.client = client.clone().unwrap_or_default();
-            let body = Body {
-                source: Source::Bytes(begin_payload(client)),
-                received,
-                limits,
-            };
-            return Ok((header, body));
-        }
-        let content_type = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Content-Type"))
-            .map(|h| h.value.as_str().to_string())
-            .unwrap_or_default();
-        let boundary = multipart::boundary(&content_type)?;
-        let mut data = Spill::new(&self.config.base.join(SPILL_DIR));
-        let counted = Counted {
-            inner: request.as_reader(),
-            count: received,
-        };
-        let form_limits = multipart::FormLimits {
-            body: limits.compressed,
-            data: limits.compressed,
-        };
-        let form = multipart::read_form(counted, &boundary, &mut data, form_limits)?;
-        header.hkey = form.hkey().unwrap_or_default().to_string();
-        header.session = form.s.clone().unwrap_or_default();
-        header.client = form.v.clone().unwrap_or_default();
-        let source = if route == Route::Media(MediaMethod::Begin) {
-            // Upstream puts the form's `v` into begin's JSON.
-            Source::Bytes(begin_payload(form.v.clone()))
-        } else {
-            Source::Legacy { form, data }
-        };
-        Ok((
-            header,
-            Body {
-                source,
-                received,
-                limits,
-            },
-        ))
-    }
-
     /// What a person sees when opening the server's address in a browser:
     /// that it runs, and the exact URL to type into Anki. The scheme is the
     /// one a proxy in front says the client used, else ours: `https` with
@@ -519,165 +266,12 @@ impl Service {
     }
 }
 
-/// The outcome of decoding a normal-sync body. A body that broke off or was
-/// malformed ends the sync it belonged to, as a failed step does (the
-/// batches applied before it are rolled back with it).
-fn decoded<T>(
-    result: Result<T, DecodeError>,
-    slot: &UserSlot,
-    session: &str,
-) -> Result<T, HandlerError> {
-    result.map_err(|e| {
-        if !matches!(e, DecodeError::Apply(_)) {
-            slot.abort_owned(session);
-        }
-        match e {
-            DecodeError::Body(e) => FramingError::from_body_error(e).into(),
-            DecodeError::Shape(m) => SyncError::bad_request(format!("request json: {m}")).into(),
-            DecodeError::TooLarge(m) => FramingError::ItemTooLarge(m).into(),
-            DecodeError::Apply(e) => e.into(),
-        }
-    })
-}
-
 /// The index page's next step on a fresh install.
 const NO_USERS_YET: &str = "\nThere are no users yet. On the server, add one with\n\n    sudo anki-sync-lite user add NAME\n\n(it asks for the password; no restart needed), or set SYNC_USER1=NAME:PASSWORD.\n";
-
-/// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
-/// bomb aimed at them cannot grow a huge JSON string in memory.
-const SMALL_JSON_LIMIT: u64 = 1024 * 1024;
-
-fn carries_small_json(method: SyncMethod) -> bool {
-    !matches!(
-        method,
-        SyncMethod::Upload
-            | SyncMethod::Start
-            | SyncMethod::ApplyGraves
-            | SyncMethod::ApplyChanges
-            | SyncMethod::ApplyChunk
-    )
-}
-
-/// The request body, read at most once, through the byte budgets.
-pub(super) struct Body<'r> {
-    source: Source<'r>,
-    received: &'r Cell<u64>,
-    limits: BodyLimits,
-}
-
-/// Where a request's payload comes from.
-enum Source<'r> {
-    /// Current clients: one zstd frame, read from the socket as it arrives.
-    Zstd(&'r mut Request),
-    /// Legacy clients: the form's `data` part, already read, maybe gzip.
-    Legacy { form: LegacyForm, data: Spill },
-    /// A payload built here (legacy media `begin`).
-    Bytes(Vec<u8>),
-}
-
-impl Body<'_> {
-    pub(super) fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
-        match &mut self.source {
-            Source::Zstd(request) => {
-                let counted = Counted {
-                    inner: request.as_reader(),
-                    count: self.received,
-                };
-                framing::zstd_body(counted, self.limits)
-                    .map_err(|e| FramingError::from_body_error(e).into())
-            }
-            Source::Legacy { form, data } => {
-                let saved = data.reader().map_err(SyncError::from)?;
-                Ok(multipart::payload(form, saved, self.limits.decompressed))
-            }
-            Source::Bytes(bytes) => Ok(Box::new(&bytes[..])),
-        }
-    }
-
-    /// Parses the body as JSON, as it streams in.
-    pub(super) fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
-        parse_json(self.decoded()?, "request json")
-    }
-
-    /// Reads and ignores the body (methods whose body carries nothing).
-    pub(super) fn discard(&mut self) -> Result<(), HandlerError> {
-        io::copy(&mut self.decoded()?, &mut io::sink())
-            .map(|_| ())
-            .map_err(|e| FramingError::from_body_error(e).into())
-    }
-}
-
-/// Parses JSON from a decoded body. serde_json reads a stream one byte at a
-/// time, so the body goes through a buffer: otherwise every byte would be a
-/// call into the zstd (or gzip) decoder and the limit readers beneath it.
-pub(super) fn parse_json<T: DeserializeOwned>(
-    body: impl Read,
-    what: &str,
-) -> Result<T, HandlerError> {
-    serde_json::from_reader(BufReader::with_capacity(JSON_BUFFER, body)).map_err(|e| {
-        if e.is_io() {
-            FramingError::from_body_error(io::Error::from(e)).into()
-        } else {
-            SyncError::bad_request(what).with_source(e).into()
-        }
-    })
-}
-
-const JSON_BUFFER: usize = 32 * 1024;
-
-/// Every multipart request is taken to be protocol version 10, as upstream.
-const LEGACY_VERSION: u8 = 10;
-/// Folder under `SYNC_BASE` for legacy form data too large to keep in memory.
-pub const SPILL_DIR: &str = ".spill";
-
-/// `{"v": VERSION}`, or `{}` without a version (which begin refuses).
-fn begin_payload(client: Option<String>) -> Vec<u8> {
-    match client {
-        Some(v) => serde_json::json!({ "v": v }).to_string().into_bytes(),
-        None => b"{}".to_vec(),
-    }
-}
-
-/// A percent-decoded query parameter (`+` is a space).
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Counts bytes read from the socket, for the log line.
-struct Counted<'a, R> {
-    inner: R,
-    count: &'a Cell<u64>,
+pub(super) struct Counted<'a, R> {
+    pub(super) inner: R,
+    pub(super) count: &'a Cell<u64>,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
@@ -696,108 +290,4 @@ fn drain(request: &mut Request, max: u64, received: &Cell<u64>) {
         count: received,
     };
     let _ = io::copy(&mut counted, &mut io::sink());
-}
-
-/// Encodes a successful reply: zstd with `anki-original-size` for v11
-/// clients, plain for older ones. Returns status and payload size.
-fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
-    let zstd = version >= SYNC_VERSION_ZSTD;
-    let result = match reply {
-        Reply::Empty => {
-            request.respond(Response::empty(200).with_header(header("Content-Length", "0")))
-        }
-        Reply::Page(text) => request.respond(
-            Response::from_string(text)
-                .with_header(header("Content-Type", "text/plain; charset=utf-8")),
-        ),
-        Reply::Bytes(bytes) => {
-            let len = bytes.len() as u64;
-            let result = if zstd {
-                match framing::compress(&bytes) {
-                    Ok(compressed) => {
-                        let size = compressed.len();
-                        request.respond(Response::new(
-                            StatusCode(200),
-                            vec![header("anki-original-size", &len.to_string())],
-                            Cursor::new(compressed),
-                            Some(size),
-                            None,
-                        ))
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                let size = bytes.len();
-                request.respond(Response::new(
-                    StatusCode(200),
-                    vec![header("Content-Type", "application/octet-stream")],
-                    Cursor::new(bytes),
-                    Some(size),
-                    None,
-                ))
-            };
-            return (200, if result.is_ok() { len } else { 0 });
-        }
-        Reply::File { file, len, _hold } => {
-            let source = BufReader::with_capacity(64 * 1024, file);
-            let result = if zstd {
-                match framing::compress_stream(source) {
-                    Ok(stream) => request.respond(Response::new(
-                        StatusCode(200),
-                        vec![header("anki-original-size", &len.to_string())],
-                        stream,
-                        None,
-                        None,
-                    )),
-                    Err(e) => Err(e),
-                }
-            } else {
-                request.respond(Response::new(
-                    StatusCode(200),
-                    vec![header("Content-Type", "application/octet-stream")],
-                    source,
-                    usize::try_from(len).ok(),
-                    None,
-                ))
-            };
-            if let Err(e) = &result {
-                warn!("sending a collection failed: {e}");
-            }
-            return (200, len);
-        }
-    };
-    if let Err(e) = result {
-        debug!("sending a response failed: {e}");
-    }
-    (200, 0)
-}
-
-/// Builds a header from our own constant names and ASCII values.
-fn header(name: &'static str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values built here are plain ASCII")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parameters_are_percent_decoded() {
-        let q = "k=abc%2Fd&v=ankidesktop%2C2.1.56+(x)%2Clinux&bad=%zz%4";
-        assert_eq!(query_param(q, "k").as_deref(), Some("abc/d"));
-        assert_eq!(
-            query_param(q, "v").as_deref(),
-            Some("ankidesktop,2.1.56 (x),linux")
-        );
-        assert_eq!(query_param(q, "bad").as_deref(), Some("%zz%4"));
-        assert_eq!(query_param(q, "missing"), None);
-        assert_eq!(percent_decode("é%C3%A9"), "éé");
-    }
-
-    #[test]
-    fn begin_payload_carries_the_version() {
-        assert_eq!(begin_payload(Some("a,b".into())), br#"{"v":"a,b"}"#);
-        assert_eq!(begin_payload(None), b"{}");
-    }
 }

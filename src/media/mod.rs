@@ -8,15 +8,19 @@
 //! - `zip`: a small reader for upload zips kept on disk and a writer for
 //!   download zips, both streaming (Stored and Deflate).
 //! - `db`: the media database: schema, USN and counter bookkeeping.
-//! - `store`: one user's media store behind its own lock: applying uploads
-//!   all-or-nothing, choosing and packing downloads.
+//! - `store`: one user's media store behind its own lock.
+//! - `upload`: applying uploads all-or-nothing, crash-safe.
+//! - `download`: choosing and packing downloads.
 
 pub mod db;
+mod download;
 pub mod names;
 pub mod store;
+mod upload;
 pub mod zip;
 
-pub use store::{MediaSlot, Upload};
+pub use store::MediaSlot;
+pub use upload::{SpoolError, Upload};
 
 /// Most entries in one upload `_meta` or one `downloadFiles` request.
 pub const MAX_ENTRIES: usize = 25;

@@ -11,13 +11,15 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::body::{Body, parse_json};
 use super::error::HandlerError;
 use super::framing::{FramingError, SyncHeader};
 use super::limit::LimitReader;
+use super::reply::Reply;
 use super::route::MediaMethod;
-use super::service::{Body, Reply, Service, parse_json};
+use super::service::Service;
 use crate::error::{OrSyncError, SyncError};
-use crate::media::store::SpoolError;
+use crate::media::SpoolError;
 use crate::media::{MAX_ENTRIES, MAX_UPLOAD_ZIP_BYTES};
 use crate::user::UserSlot;
 

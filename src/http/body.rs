@@ -1,0 +1,99 @@
+//! A request's body, read at most once and only through its byte budgets:
+//! a v11 zstd stream, a legacy form's saved `data` part, or a payload built
+//! here; and JSON parsed from it as it streams in.
+
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+
+use serde::de::DeserializeOwned;
+use tiny_http::Request;
+
+use super::error::HandlerError;
+use super::framing::{self, BodyLimits, FramingError};
+use super::multipart::{self, LegacyForm};
+use super::route::SyncMethod;
+use super::service::Counted;
+use super::spill::Spill;
+use crate::error::SyncError;
+
+/// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
+/// bomb aimed at them cannot grow a huge JSON string in memory.
+pub(super) const SMALL_JSON_LIMIT: u64 = 1024 * 1024;
+
+pub(super) fn carries_small_json(method: SyncMethod) -> bool {
+    !matches!(
+        method,
+        SyncMethod::Upload
+            | SyncMethod::Start
+            | SyncMethod::ApplyGraves
+            | SyncMethod::ApplyChanges
+            | SyncMethod::ApplyChunk
+    )
+}
+
+/// The request body, read at most once, through the byte budgets.
+pub(super) struct Body<'r> {
+    pub(super) source: Source<'r>,
+    pub(super) received: &'r Cell<u64>,
+    pub(super) limits: BodyLimits,
+}
+
+/// Where a request's payload comes from.
+pub(super) enum Source<'r> {
+    /// Current clients: one zstd frame, read from the socket as it arrives.
+    Zstd(&'r mut Request),
+    /// Legacy clients: the form's `data` part, already read, maybe gzip.
+    Legacy { form: LegacyForm, data: Spill },
+    /// A payload built here (legacy media `begin`).
+    Bytes(Vec<u8>),
+}
+
+impl Body<'_> {
+    pub(super) fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
+        match &mut self.source {
+            Source::Zstd(request) => {
+                let counted = Counted {
+                    inner: request.as_reader(),
+                    count: self.received,
+                };
+                framing::zstd_body(counted, self.limits)
+                    .map_err(|e| FramingError::from_body_error(e).into())
+            }
+            Source::Legacy { form, data } => {
+                let saved = data.reader().map_err(SyncError::from)?;
+                Ok(multipart::payload(form, saved, self.limits.decompressed))
+            }
+            Source::Bytes(bytes) => Ok(Box::new(&bytes[..])),
+        }
+    }
+
+    /// Parses the body as JSON, as it streams in.
+    pub(super) fn json<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
+        parse_json(self.decoded()?, "request json")
+    }
+
+    /// Reads and ignores the body (methods whose body carries nothing).
+    pub(super) fn discard(&mut self) -> Result<(), HandlerError> {
+        io::copy(&mut self.decoded()?, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| FramingError::from_body_error(e).into())
+    }
+}
+
+/// Parses JSON from a decoded body. serde_json reads a stream one byte at a
+/// time, so the body goes through a buffer: otherwise every byte would be a
+/// call into the zstd (or gzip) decoder and the limit readers beneath it.
+pub(super) fn parse_json<T: DeserializeOwned>(
+    body: impl Read,
+    what: &str,
+) -> Result<T, HandlerError> {
+    serde_json::from_reader(BufReader::with_capacity(JSON_BUFFER, body)).map_err(|e| {
+        if e.is_io() {
+            FramingError::from_body_error(io::Error::from(e)).into()
+        } else {
+            SyncError::bad_request(what).with_source(e).into()
+        }
+    })
+}
+
+const JSON_BUFFER: usize = 32 * 1024;
