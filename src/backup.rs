@@ -378,7 +378,7 @@ pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<B
 /// The folder of `user` under `base`, for the command line: the name must
 /// follow the user-name rule and the folder must exist.
 pub fn user_dir(base: &Path, user: &str) -> Result<PathBuf, SyncError> {
-    if let Some(problem) = crate::config::user_name_problem(user) {
+    if let Some(problem) = crate::layout::user_name_problem(user) {
         return Err(SyncError::bad_request(format!(
             "{user:?} is not a user name: {problem}"
         )));

@@ -71,7 +71,7 @@ fn user_dir(config: &Config, user: &str) -> Result<Option<PathBuf>, String> {
             let in_env = config.users.iter().any(|u| u.name == user);
             let in_file = UsersFile::load(&users_file::path(&config.base))
                 .is_ok_and(|file| file.contains(user));
-            if (in_env || in_file) && crate::config::user_name_problem(user).is_none() {
+            if (in_env || in_file) && crate::layout::user_name_problem(user).is_none() {
                 Ok(None)
             } else {
                 Err(e.to_string())

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fsutil;
 pub mod healthcheck;
 pub mod http;
+pub mod layout;
 pub mod logger;
 pub mod media;
 pub mod migrate;

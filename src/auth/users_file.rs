@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::password::Pbkdf2Hash;
-use crate::config::user_name_problem;
+use crate::layout::user_name_problem;
 
 /// File name under `SYNC_BASE`.
 pub const FILE_NAME: &str = "users.txt";

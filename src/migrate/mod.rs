@@ -175,9 +175,9 @@ fn say(out: &mut dyn Write, line: String) -> Result<(), String> {
     writeln!(out, "{line}").map_err(|e| format!("writing the report: {e}"))
 }
 
-/// The rule every user name follows (`config::user_name_problem`).
+/// The rule every user name follows (`layout::user_name_problem`).
 fn check_name(name: &str) -> Result<(), String> {
-    match crate::config::user_name_problem(name) {
+    match crate::layout::user_name_problem(name) {
         Some(problem) => Err(format!("this user name cannot be used: {problem}")),
         None => Ok(()),
     }
