@@ -27,14 +27,14 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use log::{info, warn};
 
 use crate::clock::now_millis;
-use crate::collection::full;
 use crate::error::{OrSyncError, SyncError};
-use crate::storage::{self, COLLECTION_FILE};
+use crate::storage::install::{self, ReceiveError};
+use crate::storage::{self, COLLECTION_FILE, TempFile};
 use crate::utc::{DAY_SECS, civil_from_days, days_from_civil};
 
 /// Folder in each user's folder; the official server uses no such name.
@@ -49,8 +49,6 @@ const PREFIX: &str = "collection-";
 const SUFFIX: &str = ".anki2.zst";
 /// A staged restore, applied at the next use of the collection.
 const PENDING: &str = "restore-pending.anki2";
-/// Temporary files older than this in `backups/` are leftovers of a crash.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// How many backups to keep per user (`SYNC_BACKUPS`); set once at start-up,
 /// read by the hooks in the sync paths. 0 disables backups.
@@ -205,19 +203,9 @@ fn snapshot(
         secs += 1;
     }
     let target = dir.join(file_name(secs, reason));
-    let temp = dir.join(format!("tmp-{}-{}.tmp", std::process::id(), now_millis()));
-    let written = compress(&source, &temp).and_then(|size| {
-        fs::rename(&temp, &target)?;
-        crate::fsutil::sync_dir(&dir)?;
-        Ok(size)
-    });
-    let size = match written {
-        Ok(size) => size,
-        Err(e) => {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
-        }
-    };
+    let (temp, output) = TempFile::create(&dir, "backup")?;
+    let size = compress(&source, output)?;
+    temp.persist(&target)?;
     let file = file_name(secs, reason);
     let original = fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
     info!(
@@ -263,70 +251,29 @@ fn checkpoint_and_check(path: &Path) -> io::Result<bool> {
     Ok(worth_keeping)
 }
 
-/// Streams `source` through zstd into a new file at `temp`, fsynced.
+/// Streams `source` through zstd into `output` (a new temporary file).
 /// Returns the compressed size.
-fn compress(source: &Path, temp: &Path) -> io::Result<u64> {
+fn compress(source: &Path, output: File) -> io::Result<u64> {
     let mut input = BufReader::with_capacity(256 * 1024, File::open(source)?);
-    let output = File::options().write(true).create_new(true).open(temp)?;
     let mut encoder = zstd::stream::write::Encoder::new(output, LEVEL)?;
     // A damaged backup is then refused on restore instead of half-restored.
     encoder.include_checksum(true)?;
     io::copy(&mut input, &mut encoder)?;
     let mut output = encoder.finish()?;
     output.flush()?;
-    output.sync_all()?;
     output.metadata().map(|m| m.len())
 }
 
-/// Removes the temporary files in a user's `backups/` that were abandoned:
-/// older than [`STALE_TEMP`], or written by a process that has ended or
-/// before this boot (the server's snapshots and `backup restore`'s staging
-/// name their writer's pid), as a crash, a kill -9 or a power cut leaves them. Run at start-up
-/// and after each backup.
-pub fn remove_abandoned_temp_files(user_dir: &Path) {
-    let Ok(entries) = fs::read_dir(backups_dir(user_dir)) else {
-        return;
-    };
-    let staging = format!("{COLLECTION_FILE}.upload-");
-    for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        // A staged restore is checked with SQLite, whose side files a cut
-        // leaves beside it: they go with it.
-        let name = ["-wal", "-shm", "-journal"]
-            .iter()
-            .find_map(|side| file_name.strip_suffix(side))
-            .unwrap_or(&file_name);
-        if !name.ends_with(".tmp") {
-            continue;
-        }
-        let Ok(written) = entry.metadata().and_then(|m| m.modified()) else {
-            continue;
-        };
-        let old = SystemTime::now()
-            .duration_since(written)
-            .is_ok_and(|age| age > STALE_TEMP);
-        let writer = name
-            .strip_prefix("tmp-")
-            .or_else(|| name.strip_prefix(&staging))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        if old || writer.is_some_and(|pid| crate::fsutil::writer_gone(pid, written)) {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
-                Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
-            }
-        }
-    }
-}
-
-/// Deletes all but the newest `keep` backups (and abandoned temporary
-/// files). `keep == 0` means backups are off: existing ones are left alone.
+/// Deletes all but the newest `keep` backups, after sweeping the temporary
+/// files abandoned here (`storage::temp::sweep`: a `backup restore` killed
+/// while the server runs leaves some). `keep == 0` means backups are off:
+/// existing ones are left alone.
 fn rotate(dir: &Path, keep: usize) -> io::Result<usize> {
-    let user_dir = dir.parent().unwrap_or(dir);
-    remove_abandoned_temp_files(user_dir);
+    storage::temp::sweep(dir);
     if keep == 0 {
         return Ok(0);
     }
+    let user_dir = dir.parent().unwrap_or(dir);
     let mut removed = 0;
     for old in list(user_dir)?.into_iter().skip(keep) {
         fs::remove_file(&old.path)?;
@@ -355,22 +302,22 @@ pub fn stage_restore(user_dir: &Path, id: Option<&str>, now_ms: i64) -> Result<B
     let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(source))
         .or_internal(chosen.file.clone())?;
     let dir = backups_dir(user_dir);
-    let temp = full::receive(&dir, &mut decoder).map_err(|e| match e {
-        full::ReceiveError::Body(e) => {
+    let temp = install::receive(&dir, &mut decoder).map_err(|e| match e {
+        ReceiveError::Body(e) => {
             SyncError::bad_request(format!("{} is damaged", chosen.file)).with_source(e)
         }
-        full::ReceiveError::Disk(e) => {
+        ReceiveError::Disk(e) => {
             SyncError::internal(format!("writing into {}", dir.display())).with_source(e)
         }
     })?;
-    full::validate(&temp).or_bad_request(format!("{} is not a usable collection", chosen.file))?;
+    install::validate(&temp)
+        .or_bad_request(format!("{} is not a usable collection", chosen.file))?;
     let stamp = storage::open(temp.path()).and_then(|conn| {
         conn.execute("update col set scm = ?1, mod = ?1", [now_ms])?;
         conn.close().map_err(|(_, e)| e)
     });
     stamp.or_internal("marking the restored collection")?;
     temp.persist(&pending_path(user_dir))
-        .and_then(|()| crate::fsutil::sync_dir(&dir))
         .or_internal(format!("staging the restore in {}", dir.display()))?;
     Ok(chosen)
 }
@@ -579,37 +526,6 @@ mod tests {
             [T0 + 4 * DAY_SECS, T0 + 3 * DAY_SECS, T0 + 2 * DAY_SECS]
         );
         assert!(backups.join("notes.txt").exists());
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn temp_files_of_ended_writers_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let backups = backups_dir(dir.path());
-        fs::create_dir_all(&backups).unwrap();
-        let me = std::process::id();
-        let names = [
-            format!("tmp-{me}-1.tmp"),
-            format!("collection.anki2.upload-{me}-ab.tmp"),
-            "tmp-4000000000-1.tmp".to_string(),
-            "collection.anki2.upload-4000000000-ab.tmp".to_string(),
-            "collection.anki2.upload-4000000000-ab.tmp-wal".to_string(),
-            "collection.anki2.upload-4000000000-ab.tmp-shm".to_string(),
-            "other.tmp".to_string(),
-        ];
-        for name in &names {
-            fs::write(backups.join(name), b"x").unwrap();
-        }
-        remove_abandoned_temp_files(dir.path());
-        let mut left: Vec<String> = fs::read_dir(&backups)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        // A running writer's files stay; so does what is not ours.
-        let mut kept = vec![names[1].clone(), "other.tmp".to_string(), names[0].clone()];
-        kept.sort();
-        assert_eq!(left, kept);
     }
 
     #[test]

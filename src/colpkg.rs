@@ -192,7 +192,7 @@ fn check(path: &Path) -> Result<(i64, i64), String> {
         ));
     }
     let version = crate::storage::schema_version(&conn).map_err(bad)?;
-    if version != crate::collection::full::SCHEMA_VERSION {
+    if version != crate::storage::install::SCHEMA_VERSION {
         return Err(format!("unexpected collection schema {version}"));
     }
     let count = |table: &str| {

@@ -1,7 +1,7 @@
 //! Small file-system steps that every writer of user data needs the same
 //! way: keeping it private, making a rename durable, naming SQLite's side
-//! files, and clearing the temporary files a crash left behind. One place,
-//! so the rules cannot drift apart between collection, media, backups and users.
+//! files. One place, so the rules cannot drift apart between collection,
+//! media, backups and users (temporary files: `storage::temp`).
 
 use std::fs::{self, File};
 use std::io;
@@ -124,23 +124,6 @@ pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Removes the files directly in `dir` whose names `ours` recognises as our
-/// own temporary files, logging each; a missing folder is not an error.
-pub fn remove_leftover_temp_files(dir: &Path, ours: impl Fn(&str) -> bool) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if !ours(&entry.file_name().to_string_lossy()) {
-            continue;
-        }
-        match fs::remove_file(entry.path()) {
-            Ok(()) => info!("removed leftover temporary file {}", entry.path().display()),
-            Err(e) => warn!("cannot remove {}: {e}", entry.path().display()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,23 +173,5 @@ mod tests {
             std::process::id(),
             boot - Duration::from_secs(60)
         ));
-    }
-
-    #[test]
-    fn only_recognised_temp_files_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["x.tmp", "y.tmp", "keep.txt"] {
-            fs::write(dir.path().join(name), b"").unwrap();
-        }
-        fs::create_dir(dir.path().join("sub.tmp")).unwrap();
-        remove_leftover_temp_files(dir.path(), |n| n.starts_with('x') || n.starts_with("sub"));
-        let mut left: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        // A folder is never removed (remove_file fails on it, and is logged).
-        assert_eq!(left, ["keep.txt", "sub.tmp", "y.tmp"]);
-        remove_leftover_temp_files(&dir.path().join("missing"), |_| true);
     }
 }

@@ -3,6 +3,11 @@
 //! own files there. It sits below every layer (config, auth, backup,
 //! migrate all check names), so none of them imports another for it.
 
+/// Folder under `SYNC_BASE` where legacy form data too large to keep in
+/// memory waits (`http::spill`); no user can be called this (names cannot
+/// start with '.').
+pub const SPILL_DIR: &str = ".spill";
+
 /// Why `name` cannot be a user name, or `None` if it can. One rule for
 /// `SYNC_USERn`, the users file, `user add`, `backup` and the ankisyncd
 /// import: a name becomes a folder under `SYNC_BASE` next to the server's

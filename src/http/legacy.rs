@@ -13,6 +13,7 @@ use super::multipart;
 use super::route::{MediaMethod, Route};
 use super::service::{Counted, Service};
 use super::spill::Spill;
+use crate::layout::SPILL_DIR;
 use crate::protocol::LEGACY_VERSION;
 
 impl Service {
@@ -81,9 +82,6 @@ impl Service {
         ))
     }
 }
-
-/// Folder under `SYNC_BASE` for legacy form data too large to keep in memory.
-pub const SPILL_DIR: &str = ".spill";
 
 /// `{"v": VERSION}`, or `{}` without a version (which begin refuses).
 fn begin_payload(client: Option<String>) -> Vec<u8> {

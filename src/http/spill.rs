@@ -3,9 +3,11 @@
 //! small, in a temporary file once it grows, so a collection upload from an
 //! old client never sits in RAM.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use crate::storage::TempFile;
 
 /// Bytes kept in memory before spilling to disk; JSON requests stay below.
 pub const MEMORY_LIMIT: usize = 256 * 1024;
@@ -13,7 +15,7 @@ pub const MEMORY_LIMIT: usize = 256 * 1024;
 pub struct Spill {
     dir: PathBuf,
     memory: Vec<u8>,
-    file: Option<(File, PathBuf)>,
+    file: Option<(File, TempFile)>,
 }
 
 impl Spill {
@@ -39,21 +41,10 @@ impl Spill {
 
     fn spill_to_file(&mut self) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let mut random = [0u8; 8];
-        let _ = getrandom::getrandom(&mut random);
-        let path = self.dir.join(format!(
-            "legacy-{}-{:x}.tmp",
-            std::process::id(),
-            u64::from_le_bytes(random)
-        ));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let (temp, mut file) = TempFile::create(&self.dir, "legacy-form")?;
         file.write_all(&self.memory)?;
         self.memory = Vec::new();
-        self.file = Some((file, path));
+        self.file = Some((file, temp));
         Ok(())
     }
 }
@@ -76,14 +67,6 @@ impl Write for Spill {
         match &mut self.file {
             Some((file, _)) => file.flush(),
             None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Spill {
-    fn drop(&mut self) {
-        if let Some((_, path)) = self.file.take() {
-            let _ = fs::remove_file(path);
         }
     }
 }

@@ -14,13 +14,14 @@ use crate::clock::now_millis;
 use crate::collection::changes;
 use crate::collection::chunks;
 use crate::collection::decode::DecodeError;
-use crate::collection::full::{self, ReceiveError};
+use crate::collection::full;
 use crate::collection::graves;
 use crate::collection::meta::{self, MetaRequest};
 use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::unbury;
 use crate::error::SyncError;
 use crate::protocol::SYNC_VERSION_ZSTD;
+use crate::storage::install::{self, ReceiveError};
 use crate::user::UserSlot;
 
 impl Service {
@@ -143,7 +144,7 @@ impl Service {
     ) -> Result<Reply<'s>, HandlerError> {
         let name = slot.name.as_str();
         slot.abort_sync();
-        let temp = match full::receive(slot.dir(), &mut body.decoded()?) {
+        let temp = match install::receive(slot.dir(), &mut body.decoded()?) {
             Ok(temp) => temp,
             Err(ReceiveError::Body(e)) => {
                 return match FramingError::from_body_error(e) {
@@ -159,7 +160,7 @@ impl Service {
                 return Ok(Reply::Bytes(full::UPLOAD_NOT_STORED.into()));
             }
         };
-        if let Err(reason) = full::validate(&temp) {
+        if let Err(reason) = install::validate(&temp) {
             warn!("upload from {name} rejected: {reason}");
             return Ok(Reply::Bytes(full::UPLOAD_CORRUPT.into()));
         }

@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use super::DOWNLOAD_TARGET_BYTES;
 use super::db;
-use super::store::{COPY_BUFFER, MediaSlot, anonymous_temp, disk};
+use super::store::{COPY_BUFFER, MediaSlot, disk};
 use super::zip::ZipWriter;
 use crate::error::SyncError;
+use crate::storage::TempFile;
 
 impl MediaSlot {
     /// `downloadFiles`: the longest prefix of `names` whose sizes first
@@ -22,7 +23,8 @@ impl MediaSlot {
     /// on disk is forgotten (row removed, no USN) and is a conflict too.
     pub fn download(&self, names: &[String]) -> Result<(File, u64), SyncError> {
         let files = self.open_for_download(names)?;
-        let out = anonymous_temp(&self.user_dir).map_err(|e| disk("creating a temp file", e))?;
+        let out = TempFile::anonymous(&self.user_dir, "media-download")
+            .map_err(|e| disk("creating a temp file", e))?;
         let mut zip = ZipWriter::new(BufWriter::with_capacity(COPY_BUFFER, out));
         let mut map = serde_json::Map::new();
         for (index, (name, file)) in files.into_iter().enumerate() {

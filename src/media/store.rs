@@ -7,10 +7,9 @@
 //! idle: a server at rest holds no database memory and has not even loaded
 //! SQLite's code.
 
-use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,12 +24,6 @@ use crate::error::SyncError;
 
 /// The flat folder of media files inside a user's folder.
 pub const MEDIA_DIR: &str = "media";
-/// Our temp files in the user's folder start with this and end in `.tmp`,
-/// so start-up can remove what a crash left behind. They live beside
-/// `media/` (same file system, so renames are atomic) rather than in it, so
-/// they can never clash with a media file name.
-const TEMP_PREFIX: &str = "media-";
-pub(super) const TEMP_SUFFIX: &str = ".tmp";
 pub(super) const COPY_BUFFER: usize = 64 * 1024;
 
 /// A user's media lock, database and folder.
@@ -53,30 +46,6 @@ struct MediaDb {
     last_used: Instant,
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-pub(super) fn create_temp(dir: &Path, kind: &str) -> io::Result<(PathBuf, File)> {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(
-        "{TEMP_PREFIX}{kind}-{}-{n}{TEMP_SUFFIX}",
-        std::process::id()
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
-}
-
-/// A fresh temp path in `dir` (not created).
-pub(super) fn temp_name(dir: &Path, kind: &str) -> PathBuf {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(
-        "{TEMP_PREFIX}{kind}-{}-{n}{TEMP_SUFFIX}",
-        std::process::id()
-    ))
-}
 pub(super) fn open_db(user_dir: &Path) -> io::Result<Connection> {
     let path = user_dir.join(db::DB_FILE);
     db::open(&path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
@@ -92,14 +61,6 @@ pub(super) fn close_db(user_dir: &Path, conn: Connection) {
     if let Err((_, e)) = conn.close() {
         warn!("closing {}: {e}", user_dir.join(db::DB_FILE).display());
     }
-}
-
-/// A temp file with no name: the space is freed when the handle is dropped,
-/// whatever happens.
-pub(super) fn anonymous_temp(dir: &Path) -> io::Result<File> {
-    let (path, file) = create_temp(dir, "spool")?;
-    fs::remove_file(&path)?;
-    Ok(file)
 }
 
 pub(super) fn now_secs() -> i64 {
@@ -126,8 +87,9 @@ pub(super) fn disk(what: &str, e: io::Error) -> SyncError {
 
 impl MediaSlot {
     /// Creates `media/` if needed (as the official server does for every
-    /// user at start-up), finishes or undoes an upload a crash interrupted,
-    /// and removes leftover temp files. `media.db` is created on first use;
+    /// user at start-up) and finishes or undoes an upload a crash
+    /// interrupted (before the user's folder is swept of temporary files:
+    /// they may hold contents to put back). `media.db` is created on first use;
     /// it is only opened here when a journal needs its USN, and is closed
     /// again before serving.
     pub fn open(user_dir: &Path) -> io::Result<MediaSlot> {
@@ -137,13 +99,9 @@ impl MediaSlot {
         if user_dir.join(JOURNAL).exists() {
             let conn = open_db(user_dir)?;
             usn = read_usn(user_dir, &conn)?;
-            // Before cleaning temp files: they may hold contents to put back.
             recover_interrupted_upload(user_dir, usn);
             close_db(user_dir, conn);
         }
-        crate::fsutil::remove_leftover_temp_files(user_dir, |name| {
-            name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
-        });
         Ok(MediaSlot {
             user_dir: user_dir.to_path_buf(),
             media_dir,
@@ -229,6 +187,7 @@ impl MediaSlot {
 pub(super) mod tests {
     use super::*;
     use crate::media::upload::tests::upload;
+    use std::fs;
 
     pub(crate) fn slot() -> (tempfile::TempDir, MediaSlot) {
         let dir = tempfile::tempdir().unwrap();
@@ -269,7 +228,7 @@ pub(super) mod tests {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(TEMP_SUFFIX))
+            .filter(|n| n.ends_with(".tmp"))
             .collect()
     }
 
@@ -279,11 +238,10 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn reopening_keeps_the_store_and_cleans_temp_files() {
+    fn reopening_keeps_the_store() {
         let (dir, slot) = slot();
         upload(&slot, &[("a.txt", Some(b"aaa"))]).unwrap();
         drop(slot);
-        fs::write(dir.path().join("media-stage-1-1.tmp"), b"partial").unwrap();
         let slot = MediaSlot::open(dir.path()).unwrap();
         assert_eq!(slot.usn().unwrap(), 1);
         assert!(temp_files_left(dir.path()).is_empty());

@@ -20,14 +20,13 @@ use sha1::{Digest, Sha1};
 
 use super::db;
 use super::names;
-use super::store::{
-    COPY_BUFFER, MEDIA_DIR, MediaSlot, anonymous_temp, bad, create_temp, disk, now_secs, temp_name,
-    zip_error,
-};
+use super::store::{COPY_BUFFER, MEDIA_DIR, MediaSlot, bad, disk, now_secs, zip_error};
 use super::zip::{ZipError, ZipReader};
 use super::{MAX_ENTRIES, MAX_FILE_BYTES, MAX_META_BYTES, MAX_UPLOAD_CONTENT_BYTES};
 use crate::error::SyncError;
 use crate::fsutil::sync_dir;
+use crate::storage::TempFile;
+use crate::storage::temp;
 
 /// Why spooling an upload failed.
 #[derive(Debug)]
@@ -51,18 +50,11 @@ struct Pending {
 }
 
 /// An extracted addition; its temp file is removed on drop unless it was
-/// moved into `media/`.
+/// moved into `media/` (then its path is gone).
 struct Staged {
-    path: PathBuf,
+    temp: TempFile,
     sha1: [u8; 20],
     size: u64,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        // After a successful rename the path is gone; NotFound is expected.
-        let _ = fs::remove_file(&self.path);
-    }
 }
 
 /// What an upload does to one name's file on disk.
@@ -187,7 +179,7 @@ impl MediaSlot {
     /// Copies an upload body into an unlinked temp file in the user's
     /// folder and rewinds it. Takes no lock.
     pub fn spool(&self, body: &mut dyn Read) -> Result<File, SpoolError> {
-        let file = anonymous_temp(&self.user_dir).map_err(SpoolError::Disk)?;
+        let file = TempFile::anonymous(&self.user_dir, "media-spool").map_err(SpoolError::Disk)?;
         let mut out = BufWriter::with_capacity(COPY_BUFFER, file);
         let mut buf = vec![0u8; COPY_BUFFER];
         loop {
@@ -270,10 +262,10 @@ impl MediaSlot {
         zip: &mut ZipReader<R>,
         entry: &super::zip::Entry,
     ) -> Result<Staged, SyncError> {
-        let (path, file) =
-            create_temp(&self.user_dir, "stage").map_err(|e| disk("creating a temp file", e))?;
+        let (temp, file) = TempFile::create(&self.user_dir, "media-stage")
+            .map_err(|e| disk("creating a temp file", e))?;
         let mut staged = Staged {
-            path,
+            temp,
             sha1: [0; 20],
             size: 0,
         };
@@ -404,7 +396,7 @@ impl MediaSlot {
                     )));
                 }
                 Ok(_) => steps.push(Undo::Restore {
-                    backup: temp_name(&self.user_dir, "old"),
+                    backup: temp::fresh_name(&self.user_dir, "media-old"),
                     target: target.clone(),
                 }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -417,7 +409,7 @@ impl MediaSlot {
                     .ok_or_else(|| io::Error::other("planned addition has no content"))?;
                 steps.push(Undo::Unplace {
                     target,
-                    staged: staged.path.clone(),
+                    staged: staged.temp.path().to_path_buf(),
                 });
             }
         }
@@ -426,21 +418,14 @@ impl MediaSlot {
 
     /// Writes the journal atomically and durably before anything moves.
     fn write_journal(&self, usn: i32, steps: &[Undo]) -> io::Result<()> {
-        let (temp, mut file) = create_temp(&self.user_dir, "journal")?;
+        let (temp, mut file) = TempFile::create(&self.user_dir, "media-journal")?;
         let bytes = serde_json::to_vec(&Journal {
             usn,
             steps: steps.to_vec(),
         })
         .map_err(io::Error::other)?;
-        let written = file
-            .write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| fs::rename(&temp, self.user_dir.join(JOURNAL)))
-            .and_then(|()| sync_dir(&self.user_dir));
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written
+        file.write_all(&bytes)?;
+        temp.persist(&self.user_dir.join(JOURNAL))
     }
 
     fn remove_journal(&self) {

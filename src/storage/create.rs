@@ -10,11 +10,11 @@
 use super::register_unicase;
 use super::schema::SCHEMA18_DDL;
 use super::stock::{self, NewNotetype};
+use super::temp::TempFile;
 use prost::Message;
 use rusqlite::{Connection, OpenFlags, Transaction, ffi, params};
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Seconds after local midnight at which Anki's scheduler day starts; `crt`
 /// is anchored to it.
@@ -28,42 +28,18 @@ const DAY_ROLLOVER_SECS: i64 = 4 * 3600;
 /// links, the no-clobber alternative, are missing on FAT-formatted USB
 /// sticks that routers use for storage.
 pub fn create_collection(path: &Path, now_ms: i64) -> rusqlite::Result<()> {
-    let tmp = temp_path_for(path)?;
-    claim(&tmp)?;
-    let result = build(&tmp, now_ms).and_then(|()| persist(&tmp, path));
-    if result.is_err() {
-        remove_leftovers(&tmp);
-    }
-    result
-}
-
-/// `collection.anki2.new-<pid>-<random>.tmp` in the same directory, so the
-/// final rename never crosses file systems.
-fn temp_path_for(path: &Path) -> rusqlite::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
+    let dir = path.parent().ok_or_else(|| {
         io_error(
-            "collection path has no file name",
+            "collection path has no folder",
             io::ErrorKind::InvalidInput.into(),
         )
     })?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(
-        ".new-{}-{:016x}.tmp",
-        std::process::id(),
-        random_i64()?
-    ));
-    Ok(path.with_file_name(tmp_name))
-}
-
-/// Create `tmp` empty, failing if it exists: a file someone else made under
-/// the same name is neither reused nor, on failure, deleted.
-fn claim(tmp: &Path) -> rusqlite::Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map(drop)
-        .map_err(|e| io_error("creating temporary collection", e))
+    let (tmp, file) =
+        TempFile::create(dir, "new").map_err(|e| io_error("creating temporary collection", e))?;
+    drop(file);
+    build(tmp.path(), now_ms)?;
+    tmp.persist(path)
+        .map_err(|e| io_error("putting the new collection in place", e))
 }
 
 /// Write the whole collection into the empty file `tmp` and close it
@@ -104,23 +80,6 @@ fn build(tmp: &Path, now_ms: i64) -> rusqlite::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// fsync the file, rename it into place, fsync the directory so the rename
-/// itself survives a power cut.
-fn persist(tmp: &Path, path: &Path) -> rusqlite::Result<()> {
-    File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error("syncing new collection", e))?;
-    fs::rename(tmp, path).map_err(|e| io_error("renaming new collection into place", e))?;
-    crate::fsutil::sync_parent(path).map_err(|e| io_error("syncing collection directory", e))
-}
-
-/// Best effort: the error that got us here is the one worth reporting.
-fn remove_leftovers(tmp: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = fs::remove_file(crate::fsutil::sidecar(tmp, suffix));
-    }
 }
 
 /// The single `col` row. `mod` = 0 and `usn` = 0 make the collection count
@@ -267,6 +226,8 @@ mod tests {
     use crate::storage::proto::decks::deck;
     use crate::storage::proto::notetypes::notetype;
     use crate::storage::{open, schema_version};
+    use std::fs;
+    use std::path::PathBuf;
 
     const NOW_MS: i64 = 1_795_429_458_822;
 

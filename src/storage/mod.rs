@@ -1,31 +1,31 @@
 //! The collection file on disk: opening connections the way Anki expects
 //! (the `unicase` collation, pragmas), the schema-18 layout, the protobuf
-//! blobs it stores, and a brand-new collection for a first-time user.
+//! blobs it stores, a brand-new collection for a first-time user, checking
+//! and installing an uploaded one (`install`), and the temporary files every
+//! layer writes (`temp`).
 
 mod create;
 pub mod harden;
+pub mod install;
 pub mod legacy;
 pub mod proto;
 pub mod sanitize;
 pub mod schema;
 pub mod schema11;
 mod stock;
+pub mod temp;
 
 pub use create::create_collection;
+pub use temp::TempFile;
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use log::warn;
 use rusqlite::{Connection, OpenFlags};
-
-use crate::fsutil::{sidecar, sync_parent};
 
 /// File name of a user's collection, as the official server names it.
 pub const COLLECTION_FILE: &str = "collection.anki2";
-/// Temporary files we create end in this, so start-up can clean leftovers.
-pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// How long a statement waits for a lock held by another connection (e.g. a
 /// backup or a checkpoint) before failing with `SQLITE_BUSY`.
@@ -94,38 +94,6 @@ pub fn file_size(conn: &Connection) -> u64 {
         .filter(|p| !p.is_empty())
         .and_then(|p| fs::metadata(p).ok())
         .map_or(0, |m| m.len())
-}
-
-/// Renames the checked collection file `from` (in the same folder) over
-/// `target`, durably. Every connection to `target` must be closed (the
-/// caller holds the user's lock and has closed the collection).
-pub fn replace_collection(target: &Path, from: &Path) -> std::io::Result<()> {
-    retire_stale_wal(target);
-    fs::rename(from, target)?;
-    sync_parent(target)
-}
-
-/// A WAL left next to the old file (after a crash) would be applied to the
-/// new file by SQLite. Fold it into the old file first, then make sure it
-/// is gone before the new file takes the name.
-fn retire_stale_wal(target: &Path) {
-    let wal = sidecar(target, "-wal");
-    if wal.exists() {
-        match open(target).and_then(|c| {
-            c.query_row("pragma wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            c.close().map_err(|(_, e)| e)
-        }) {
-            Ok(()) => {}
-            Err(e) => warn!("checkpointing the old collection before replacing it: {e}"),
-        }
-    }
-    for path in [wal, sidecar(target, "-shm")] {
-        if path.exists() {
-            if let Err(e) = fs::remove_file(&path) {
-                warn!("removing {}: {e}", path.display());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

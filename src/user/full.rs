@@ -10,8 +10,10 @@ use log::info;
 
 use super::slot::{UserGuard, UserSlot};
 use crate::backup::Reason;
-use crate::collection::full::{self, TempFile};
+use crate::collection::full;
 use crate::error::SyncError;
+use crate::storage::TempFile;
+use crate::storage::install;
 
 /// A collection file ready to send.
 pub struct Download<'a> {
@@ -37,7 +39,7 @@ impl UserSlot {
         let mut user = self.lock();
         user.backup(Reason::BeforeUpload);
         let target = user.collection_path();
-        upload.replace_collection(&target)?;
+        install::install(upload, &target)?;
         info!("installed a new collection at {}", target.display());
         Ok(())
     }
@@ -143,8 +145,8 @@ mod tests {
             crate::storage::create_collection(&path, 1_800_000_000_000).unwrap();
             fs::read(path).unwrap()
         };
-        let temp = full::receive(slot.dir(), &mut &replacement[..]).unwrap();
-        full::validate(&temp).unwrap();
+        let temp = install::receive(slot.dir(), &mut &replacement[..]).unwrap();
+        install::validate(&temp).unwrap();
         slot.replace_collection(temp).unwrap();
         assert_eq!(notes(&slot), 0);
         let backups = backup::list(slot.dir()).unwrap();

@@ -16,7 +16,9 @@ use crate::clock::now_millis;
 use crate::collection::state::SyncState;
 use crate::error::SyncError;
 use crate::media::MediaSlot;
-use crate::storage::{self, COLLECTION_FILE, TEMP_SUFFIX};
+use crate::storage::install;
+use crate::storage::temp;
+use crate::storage::{self, COLLECTION_FILE};
 
 /// A normal sync left without a request for this long is rolled back.
 const ABANDONED_SYNC: Duration = Duration::from_secs(30 * 60);
@@ -51,11 +53,11 @@ impl UserSlot {
         for folder in [dir.clone(), dir.join("media"), dir.join(backup::DIR)] {
             crate::fsutil::make_private_dir(&folder);
         }
-        crate::fsutil::remove_leftover_temp_files(&dir, |name| {
-            name.starts_with(COLLECTION_FILE) && name.contains(TEMP_SUFFIX)
-        });
-        backup::remove_abandoned_temp_files(&dir);
+        // After the media store finished or undid an upload a crash cut
+        // short: until then its temporary files may hold contents to put back.
         let media = MediaSlot::open(&dir)?;
+        temp::sweep(&dir);
+        temp::sweep(&dir.join(backup::DIR));
         Ok(UserSlot {
             name: name.to_string(),
             dir: dir.clone(),
@@ -170,7 +172,7 @@ impl UserState {
         self.backup(Reason::BeforeRestore);
         // The staged file leaves backups/ too: that must be durable, or after a
         // power cut it would be there again and undo every sync since.
-        let applied = storage::replace_collection(&self.collection_path(), &pending)
+        let applied = install::replace_collection(&self.collection_path(), &pending)
             .and_then(|()| crate::fsutil::sync_dir(&backup::backups_dir(&self.dir)));
         match applied {
             Ok(()) => info!(

@@ -10,6 +10,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use super::slot::UserSlot;
+use crate::layout::SPILL_DIR;
+use crate::storage::temp;
 
 pub struct UserStore {
     base: PathBuf,
@@ -18,8 +20,10 @@ pub struct UserStore {
 
 impl UserStore {
     /// Creates each user's folder (and `media/`) like the official server
-    /// does at start-up, and removes temporary files a crash left behind.
+    /// does at start-up, and removes temporary files a crash left behind:
+    /// in each user's folder (see [`UserSlot`]) and in `.spill`.
     pub fn new<'a>(base: &Path, names: impl Iterator<Item = &'a str>) -> io::Result<UserStore> {
+        temp::sweep(&base.join(SPILL_DIR));
         let mut slots = HashMap::new();
         for name in names {
             slots.insert(name.to_string(), Arc::new(UserSlot::new(base, name)?));
@@ -94,12 +98,25 @@ mod tests {
     fn start_up_creates_folders_and_removes_leftovers() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("alice");
-        fs::create_dir_all(&dir).unwrap();
-        let leftover = dir.join("collection.anki2.upload-1-2.tmp");
-        fs::write(&leftover, b"partial").unwrap();
+        fs::create_dir_all(dir.join("backups")).unwrap();
+        fs::create_dir_all(base.path().join(SPILL_DIR)).unwrap();
+        let leftovers = [
+            dir.join("tmp-999999999-1.upload.tmp"),
+            dir.join("tmp-999999999-2.media-stage.tmp"),
+            dir.join("collection.anki2.upload-999999999-2.tmp"),
+            dir.join("backups/tmp-999999999-3.backup.tmp"),
+            base.path()
+                .join(SPILL_DIR)
+                .join("tmp-999999999-4.legacy-form.tmp"),
+        ];
+        for leftover in &leftovers {
+            fs::write(leftover, b"partial").unwrap();
+        }
         fs::write(dir.join("keep.txt"), b"x").unwrap();
         let store = UserStore::new(base.path(), ["alice", "bob"].into_iter()).unwrap();
-        assert!(!leftover.exists());
+        for leftover in &leftovers {
+            assert!(!leftover.exists(), "{}", leftover.display());
+        }
         assert!(dir.join("keep.txt").exists());
         assert!(base.path().join("bob/media").is_dir());
         assert!(store.slot("alice").is_some());
