@@ -18,7 +18,7 @@ pub fn run(
     command: &BackupCommand,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
+    let config = Config::from_env(env).map_err(|e| e.to_string())?;
     let user = match command {
         BackupCommand::List { user }
         | BackupCommand::Restore { user, .. }

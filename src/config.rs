@@ -134,13 +134,10 @@ fn err(msg: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Reads the settings from an environment (normally `std::env::vars()`).
-    /// `require_users` is false for commands that do not serve (e.g.
-    /// `--healthcheck`).
-    pub fn from_env(
-        env: &HashMap<String, String>,
-        require_users: bool,
-    ) -> Result<Self, ConfigError> {
-        let users = read_users(env, require_users)?;
+    /// No user is required here: users may also come from the users file,
+    /// and `auth::live::LiveUsers` says so when there are none at all.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let users = read_users(env)?;
         let base = match env.get("SYNC_BASE") {
             Some(b) if !b.is_empty() => PathBuf::from(b),
             _ => default_base(env)?,
@@ -244,10 +241,7 @@ impl Config {
     }
 }
 
-fn read_users(
-    env: &HashMap<String, String>,
-    required: bool,
-) -> Result<Vec<UserEntry>, ConfigError> {
+fn read_users(env: &HashMap<String, String>) -> Result<Vec<UserEntry>, ConfigError> {
     let mut users: Vec<UserEntry> = Vec::new();
     for n in 1.. {
         let Some((var, value)) = user_value(env, n)? else {
@@ -271,9 +265,6 @@ fn read_users(
             name: name.to_string(),
             secret: secret.to_string(),
         });
-    }
-    if required && users.is_empty() {
-        return Err(err("No users defined; SYNC_USER1 env var should be set."));
     }
     Ok(users)
 }
@@ -397,15 +388,12 @@ mod tests {
 
     #[test]
     fn users_stop_at_first_gap_and_split_at_first_colon() {
-        let c = Config::from_env(
-            &env(&[
-                ("SYNC_USER1", "a:p:w"),
-                ("SYNC_USER2", "b:x"),
-                ("SYNC_USER4", "d:y"),
-                ("HOME", "/h"),
-            ]),
-            true,
-        )
+        let c = Config::from_env(&env(&[
+            ("SYNC_USER1", "a:p:w"),
+            ("SYNC_USER2", "b:x"),
+            ("SYNC_USER4", "d:y"),
+            ("HOME", "/h"),
+        ]))
         .unwrap();
         let names: Vec<_> = c
             .users
@@ -420,13 +408,13 @@ mod tests {
 
     #[test]
     fn missing_or_malformed_users_are_errors() {
-        let e = Config::from_env(&env(&[("SYNC_USER2", "b:x"), ("HOME", "/h")]), true).unwrap_err();
-        assert!(e.0.contains("SYNC_USER1"), "{e}");
-        let e =
-            Config::from_env(&env(&[("SYNC_USER1", "nocolon"), ("HOME", "/h")]), true).unwrap_err();
+        // A gap before the first user: no users from the environment (the
+        // users file may still have some; `LiveUsers` checks).
+        let c = Config::from_env(&env(&[("SYNC_USER2", "b:x"), ("HOME", "/h")])).unwrap();
+        assert!(c.users.is_empty());
+        let e = Config::from_env(&env(&[("SYNC_USER1", "nocolon"), ("HOME", "/h")])).unwrap_err();
         assert!(e.0.contains("SYNC_USER1 should be"), "{e}");
-        let e =
-            Config::from_env(&env(&[("SYNC_USER1", "../x:p"), ("HOME", "/h")]), true).unwrap_err();
+        let e = Config::from_env(&env(&[("SYNC_USER1", "../x:p"), ("HOME", "/h")])).unwrap_err();
         assert!(e.0.contains("folder"), "{e}");
     }
 
@@ -454,14 +442,11 @@ mod tests {
         ] {
             assert!(user_name_problem(name).is_some(), "{name:?} accepted");
             let value = format!("{name}:secret");
-            let e = Config::from_env(
-                &env(&[
-                    ("SYNC_USER1", "ok:x"),
-                    ("SYNC_USER2", &value),
-                    ("HOME", "/h"),
-                ]),
-                true,
-            )
+            let e = Config::from_env(&env(&[
+                ("SYNC_USER1", "ok:x"),
+                ("SYNC_USER2", &value),
+                ("HOME", "/h"),
+            ]))
             .unwrap_err();
             assert!(e.0.starts_with("SYNC_USER2: the user name"), "{e}");
         }
@@ -478,14 +463,11 @@ mod tests {
         let secret = dir.path().join("alice");
         std::fs::write(&secret, "alice:p:w\n").unwrap();
         let path = secret.to_str().unwrap();
-        let c = Config::from_env(
-            &env(&[
-                ("SYNC_USER1", "a:x"),
-                ("SYNC_USER2_FILE", path),
-                ("HOME", "/h"),
-            ]),
-            true,
-        )
+        let c = Config::from_env(&env(&[
+            ("SYNC_USER1", "a:x"),
+            ("SYNC_USER2_FILE", path),
+            ("HOME", "/h"),
+        ]))
         .unwrap();
         assert_eq!(c.users[1].var, "SYNC_USER2_FILE");
         assert_eq!(
@@ -497,10 +479,10 @@ mod tests {
             ("SYNC_USER1_FILE", path),
             ("HOME", "/h"),
         ]);
-        let e = Config::from_env(&both, true).unwrap_err();
+        let e = Config::from_env(&both).unwrap_err();
         assert!(e.0.contains("not both"), "{e}");
         let missing = env(&[("SYNC_USER1_FILE", "/nonexistent/x"), ("HOME", "/h")]);
-        let e = Config::from_env(&missing, true).unwrap_err();
+        let e = Config::from_env(&missing).unwrap_err();
         assert!(e.0.starts_with("SYNC_USER1_FILE: cannot read"), "{e}");
     }
 
@@ -515,7 +497,7 @@ mod tests {
         ] {
             let mut e = env(&base);
             e.insert(var.into(), val.into());
-            let msg = Config::from_env(&e, true).unwrap_err().0;
+            let msg = Config::from_env(&e).unwrap_err().0;
             assert!(msg.contains(needle), "{msg}");
         }
     }
@@ -525,7 +507,7 @@ mod tests {
         let with = |pairs: &[(&str, &str)]| {
             let mut e = env(&[("SYNC_USER1", "a:b"), ("HOME", "/h")]);
             e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            Config::from_env(&e, true)
+            Config::from_env(&e)
         };
         assert_eq!(with(&[]).unwrap().max_connections_per_ip, 8);
         let proxied = with(&[
@@ -548,7 +530,7 @@ mod tests {
         let with = |pairs: &[(&str, &str)]| {
             let mut e = env(&base);
             e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            Config::from_env(&e, true)
+            Config::from_env(&e)
         };
         assert_eq!(with(&[]).unwrap().tls, None);
         let e = with(&[("SYNC_TLS_CERT", "c.pem")]).unwrap_err();

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             print!("{}", version::text());
             ExitCode::SUCCESS
         }
-        Command::Healthcheck => match Config::from_env(&env, false) {
+        Command::Healthcheck => match Config::from_env(&env) {
             Ok(config) => match healthcheck::check(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&format!("unhealthy: {e}")),
@@ -98,7 +98,7 @@ fn prepare_data_command(env: &mut HashMap<String, String>, as_owner: bool) -> Re
     if !as_owner {
         return Ok(());
     }
-    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
+    let config = Config::from_env(env).map_err(|e| e.to_string())?;
     match foreign_owner(&config.base)? {
         Some((uid, gid)) => become_account(uid, gid, &config.base),
         None => Ok(()),
@@ -153,7 +153,7 @@ fn give_tree(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
 
 /// Exits 1 if any user failed (each is reported on stdout) or nothing ran.
 fn import_ankisyncd(env: &HashMap<String, String>, dir: PathBuf, force: bool) -> ExitCode {
-    let config = match Config::from_env(env, false) {
+    let config = match Config::from_env(env) {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
     };
@@ -213,7 +213,7 @@ fn tune_allocator() {}
 fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     tune_allocator();
     // Users may also come from the users file, or be added later.
-    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
+    let config = Config::from_env(env).map_err(|e| e.to_string())?;
     anki_sync_lite::logger::init(config.log_level)
         .map_err(|e| format!("starting the logger: {e}"))?;
     let users = LiveUsers::load(config.users.clone(), config.passwords_hashed, &config.base)?;

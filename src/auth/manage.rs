@@ -41,7 +41,7 @@ pub fn run(
         let phc = hash_password(&read_password(true)?)?;
         return writeln!(out, "{phc}").map_err(|e| e.to_string());
     }
-    let config = Config::from_env(env, false).map_err(|e| e.to_string())?;
+    let config = Config::from_env(env).map_err(|e| e.to_string())?;
     let base = config.base.as_path();
     let path = users_file::path(base);
     let written = |e: io::Error| format!("writing {}: {e}", path.display());
