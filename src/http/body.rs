@@ -2,17 +2,14 @@
 //! a v11 zstd stream, a legacy form's saved `data` part, or a payload built
 //! here; and JSON parsed from it as it streams in.
 
-use std::cell::Cell;
 use std::io::{self, BufReader, Read};
 
 use serde::de::DeserializeOwned;
-use tiny_http::Request;
 
 use super::error::HandlerError;
 use super::framing::{self, BodyLimits, FramingError};
 use super::multipart::{self, LegacyForm};
 use super::route::SyncMethod;
-use super::service::Counted;
 use super::spill::Spill;
 use crate::error::SyncError;
 
@@ -34,14 +31,13 @@ pub(super) fn carries_small_json(method: SyncMethod) -> bool {
 /// The request body, read at most once, through the byte budgets.
 pub(super) struct Body<'r> {
     pub(super) source: Source<'r>,
-    pub(super) received: &'r Cell<u64>,
     pub(super) limits: BodyLimits,
 }
 
 /// Where a request's payload comes from.
 pub(super) enum Source<'r> {
     /// Current clients: one zstd frame, read from the socket as it arrives.
-    Zstd(&'r mut Request),
+    Zstd(&'r mut dyn Read),
     /// Legacy clients: the form's `data` part, already read, maybe gzip.
     Legacy { form: LegacyForm, data: Spill },
     /// A payload built here (legacy media `begin`).
@@ -51,14 +47,8 @@ pub(super) enum Source<'r> {
 impl Body<'_> {
     pub(super) fn decoded(&mut self) -> Result<Box<dyn Read + '_>, HandlerError> {
         match &mut self.source {
-            Source::Zstd(request) => {
-                let counted = Counted {
-                    inner: request.as_reader(),
-                    count: self.received,
-                };
-                framing::zstd_body(counted, self.limits)
-                    .map_err(|e| FramingError::from_body_error(e).into())
-            }
+            Source::Zstd(raw) => framing::zstd_body(&mut **raw, self.limits)
+                .map_err(|e| FramingError::from_body_error(e).into()),
             Source::Legacy { form, data } => {
                 let saved = data.reader().map_err(SyncError::from)?;
                 Ok(multipart::payload(form, saved, self.limits.decompressed))

@@ -2,16 +2,13 @@
 //! of every method, or the query string of `GET /msync/begin`, turned into
 //! the same header and body a current client sends.
 
-use std::cell::Cell;
-
-use tiny_http::{Method, Request};
-
 use super::body::{Body, Source};
+use super::dispatch::Incoming;
 use super::error::HandlerError;
 use super::framing::{BodyLimits, SyncHeader};
 use super::multipart;
-use super::route::{MediaMethod, Route};
-use super::service::{Counted, Service};
+use super::route::{MediaMethod, Route, Verb};
+use super::service::Service;
 use super::spill::Spill;
 use crate::layout::SPILL_DIR;
 use crate::protocol::LEGACY_VERSION;
@@ -22,9 +19,8 @@ impl Service {
     /// requests count as protocol version 10, as upstream.
     pub(super) fn legacy_request<'r>(
         &self,
-        request: &'r mut Request,
+        req: &'r mut Incoming<'_>,
         route: Route,
-        received: &'r Cell<u64>,
         limits: BodyLimits,
     ) -> Result<(SyncHeader, Body<'r>), HandlerError> {
         let mut header = SyncHeader {
@@ -33,36 +29,25 @@ impl Service {
             client: String::new(),
             session: String::new(),
         };
-        if request.method() == &Method::Get {
+        if req.verb == Verb::Get {
             // Only `/msync/begin` routes a GET here: `?k=HKEY&v=VERSION`.
-            let query = request.url().split_once('?').map(|(_, q)| q).unwrap_or("");
+            let query = req.url.split_once('?').map(|(_, q)| q).unwrap_or("");
             header.hkey = query_param(query, "k").unwrap_or_default();
             let client = query_param(query, "v");
             header.client = client.clone().unwrap_or_default();
             let body = Body {
                 source: Source::Bytes(begin_payload(client)),
-                received,
                 limits,
             };
             return Ok((header, body));
         }
-        let content_type = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Content-Type"))
-            .map(|h| h.value.as_str().to_string())
-            .unwrap_or_default();
-        let boundary = multipart::boundary(&content_type)?;
+        let boundary = multipart::boundary(req.header("Content-Type").unwrap_or_default())?;
         let mut data = Spill::new(&self.config.base.join(SPILL_DIR));
-        let counted = Counted {
-            inner: request.as_reader(),
-            count: received,
-        };
         let form_limits = multipart::FormLimits {
             body: limits.compressed,
             data: limits.compressed,
         };
-        let form = multipart::read_form(counted, &boundary, &mut data, form_limits)?;
+        let form = multipart::read_form(&mut *req.body, &boundary, &mut data, form_limits)?;
         header.hkey = form.hkey().unwrap_or_default().to_string();
         header.session = form.s.clone().unwrap_or_default();
         header.client = form.v.clone().unwrap_or_default();
@@ -72,14 +57,7 @@ impl Service {
         } else {
             Source::Legacy { form, data }
         };
-        Ok((
-            header,
-            Body {
-                source,
-                received,
-                limits,
-            },
-        ))
+        Ok((header, Body { source, limits }))
     }
 }
 

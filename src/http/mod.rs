@@ -2,7 +2,8 @@
 //! and the handlers that turn requests into calls of the per-user layer.
 //! Everything that knows about status codes and headers lives here.
 //!
-//! - `server`: the worker pool; `service`: one request from start to finish.
+//! - `server`: the worker pool; `service`: a request from and back to the
+//!   socket; `dispatch`: the request path itself, without a socket.
 //! - `route`, `framing` (v11 header and zstd bodies), `legacy` and
 //!   `multipart` (pre-2.1.57 forms), `spill`, `body`, `limit`: the request.
 //! - `sync_handlers`, `media_handlers`: one handler per protocol method.
@@ -10,6 +11,7 @@
 //! - `park`: requests that must wait their turn, held without a worker.
 
 mod body;
+pub mod dispatch;
 pub mod error;
 pub mod framing;
 mod legacy;

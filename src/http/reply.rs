@@ -1,13 +1,12 @@
-//! Successful answers before encoding, and their encoding: zstd with
+//! Answers before encoding, and their encoding: zstd with
 //! `anki-original-size` for v11 clients, plain for older ones; files are
-//! streamed, never read into memory.
+//! streamed, never read into memory. Error answers follow the official
+//! server: the status digits as plain text (clients only look at the status).
 
 use std::fs::File;
-use std::io::{BufReader, Cursor};
+use std::io::{BufReader, Cursor, Read};
 
-use log::{debug, warn};
-use tiny_http::{Header, Request, Response, StatusCode};
-
+use super::dispatch::{Answer, LogFields};
 use super::error::HandlerError;
 use super::framing;
 use crate::error::OrSyncError;
@@ -44,82 +43,102 @@ pub(super) fn json_null<'s>() -> Reply<'s> {
 pub(super) trait Held {}
 impl<T> Held for T {}
 
-/// Encodes a successful reply: zstd with `anki-original-size` for v11
-/// clients, plain for older ones. Returns status and payload size.
-pub(super) fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
+/// Encodes a successful reply for a client of protocol `version`.
+pub(super) fn encode<'s>(reply: Reply<'s>, version: u8) -> Result<Answer<'s>, HandlerError> {
     let zstd = version >= SYNC_VERSION_ZSTD;
-    let result = match reply {
-        Reply::Empty => {
-            request.respond(Response::empty(200).with_header(header("Content-Length", "0")))
+    let (headers, body, len): (_, Box<dyn Read + 's>, _) = match reply {
+        Reply::Empty => (Vec::new(), Box::new(std::io::empty()), Some(0)),
+        Reply::Page(text) => {
+            let len = text.len() as u64;
+            (
+                vec![("Content-Type", "text/plain; charset=utf-8".to_string())],
+                Box::new(Cursor::new(text.into_bytes())),
+                Some(len),
+            )
         }
-        Reply::Page(text) => request.respond(
-            Response::from_string(text)
-                .with_header(header("Content-Type", "text/plain; charset=utf-8")),
-        ),
+        Reply::Bytes(bytes) if zstd => {
+            let compressed = framing::compress(&bytes).or_internal("compressing the answer")?;
+            let len = compressed.len() as u64;
+            (
+                vec![("anki-original-size", bytes.len().to_string())],
+                Box::new(Cursor::new(compressed)),
+                Some(len),
+            )
+        }
         Reply::Bytes(bytes) => {
             let len = bytes.len() as u64;
-            let result = if zstd {
-                match framing::compress(&bytes) {
-                    Ok(compressed) => {
-                        let size = compressed.len();
-                        request.respond(Response::new(
-                            StatusCode(200),
-                            vec![header("anki-original-size", &len.to_string())],
-                            Cursor::new(compressed),
-                            Some(size),
-                            None,
-                        ))
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                let size = bytes.len();
-                request.respond(Response::new(
-                    StatusCode(200),
-                    vec![header("Content-Type", "application/octet-stream")],
-                    Cursor::new(bytes),
-                    Some(size),
-                    None,
-                ))
-            };
-            return (200, if result.is_ok() { len } else { 0 });
+            (octet_stream(), Box::new(Cursor::new(bytes)), Some(len))
         }
         Reply::File { file, len, _hold } => {
             let source = BufReader::with_capacity(64 * 1024, file);
-            let result = if zstd {
-                match framing::compress_stream(source) {
-                    Ok(stream) => request.respond(Response::new(
-                        StatusCode(200),
-                        vec![header("anki-original-size", &len.to_string())],
-                        stream,
-                        None,
-                        None,
-                    )),
-                    Err(e) => Err(e),
-                }
-            } else {
-                request.respond(Response::new(
-                    StatusCode(200),
-                    vec![header("Content-Type", "application/octet-stream")],
-                    source,
-                    usize::try_from(len).ok(),
+            if zstd {
+                let stream =
+                    framing::compress_stream(source).or_internal("compressing the answer")?;
+                let body = Holding {
+                    inner: stream,
+                    _hold,
+                };
+                (
+                    vec![("anki-original-size", len.to_string())],
+                    Box::new(body) as Box<dyn Read + 's>,
                     None,
-                ))
-            };
-            if let Err(e) = &result {
-                warn!("sending a collection failed: {e}");
+                )
+            } else {
+                let body = Holding {
+                    inner: source,
+                    _hold,
+                };
+                (
+                    octet_stream(),
+                    Box::new(body) as Box<dyn Read + 's>,
+                    Some(len),
+                )
             }
-            return (200, len);
         }
     };
-    if let Err(e) = result {
-        debug!("sending a response failed: {e}");
-    }
-    (200, 0)
+    Ok(Answer {
+        status: 200,
+        headers,
+        body,
+        len,
+        close: false,
+        log: LogFields::default(),
+    })
 }
 
-/// Builds a header from our own constant names and ASCII values.
-pub(super) fn header(name: &'static str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values built here are plain ASCII")
+fn octet_stream() -> Vec<(&'static str, String)> {
+    vec![("Content-Type", "application/octet-stream".to_string())]
+}
+
+/// The answer to a failed request.
+pub(super) fn error_answer(err: &HandlerError) -> Answer<'static> {
+    let reply = err.reply();
+    let mut headers = Vec::new();
+    if reply.status != 404 && reply.status != 405 {
+        headers.push(("Content-Type", "text/plain; charset=utf-8".to_string()));
+    }
+    if let Some(allow) = reply.allow {
+        headers.push(("Allow", allow.to_string()));
+    }
+    let len = reply.body.len() as u64;
+    Answer {
+        status: reply.status,
+        headers,
+        body: Box::new(Cursor::new(reply.body.into_bytes())),
+        len: Some(len),
+        close: false,
+        log: LogFields::default(),
+    }
+}
+
+/// A reader that keeps something alive (a lock guard) until it is dropped.
+struct Holding<'s, R> {
+    inner: R,
+    _hold: Box<dyn Held + 's>,
+}
+
+impl<R: Read> Read for Holding<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
 }

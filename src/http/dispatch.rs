@@ -1,0 +1,260 @@
+//! The request path without a socket: a request's method, URL, headers and
+//! body reader in, its answer out. Routing, framing, authentication and the
+//! route's handler run here, top to bottom; `service` only moves bytes
+//! between tiny_http and this, so most of the HTTP surface is tested here
+//! without a socket.
+
+use std::cell::{Cell, OnceCell};
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::body::{Body, SMALL_JSON_LIMIT, Source, carries_small_json};
+use super::error::HandlerError;
+use super::framing::{BodyLimits, SyncHeader};
+use super::reply::{self, Reply};
+use super::route::{Route, Verb, route};
+use super::service::Service;
+use crate::auth::Users;
+use crate::error::OrSyncError;
+use crate::protocol::SYNC_VERSION_ZSTD;
+use crate::user::UserSlot;
+
+/// A request as the dispatch sees it.
+pub struct Incoming<'r> {
+    pub verb: Verb,
+    /// Path and query, as sent.
+    pub url: &'r str,
+    /// Name and value of every header, in order.
+    pub headers: &'r [(String, String)],
+    /// The body as it arrives (after the transfer encoding).
+    pub body: &'r mut dyn Read,
+}
+
+impl<'r> Incoming<'r> {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'r str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What an answer may borrow, kept by the caller until the answer is sent:
+/// the user's slot (a download holds its lock while the file is sent) and
+/// the count of answer bytes handed to the connection.
+#[derive(Default)]
+pub struct Scope {
+    slot: OnceCell<Arc<UserSlot>>,
+    sent: Cell<u64>,
+}
+
+impl Scope {
+    /// Answer bytes read from the answer's body so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.get()
+    }
+}
+
+/// An answer, ready to be written to a connection.
+pub struct Answer<'s> {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// Counts what is read from it into the [`Scope`].
+    pub body: Box<dyn Read + 's>,
+    /// The body's length when known (else it is sent chunked).
+    pub len: Option<u64>,
+    /// The request body was not read to its end: close the connection after
+    /// this answer (`Connection: close` is among the headers).
+    pub close: bool,
+    pub log: LogFields,
+}
+
+/// What the log line says about a request.
+#[derive(Default, Debug)]
+pub struct LogFields {
+    pub user: Option<String>,
+    pub client: Option<String>,
+    pub route: Option<Route>,
+    /// Why the request failed, for an error answer.
+    pub cause: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    u: String,
+    p: String,
+}
+
+impl Service {
+    /// Answers one request. The body is read at most once, through its
+    /// budgets; what the handler left unread is drained (up to the body
+    /// limit) before the answer is made, so an honest client gets the answer
+    /// rather than a reset.
+    pub fn dispatch<'s>(&'s self, mut req: Incoming<'_>, scope: &'s Scope) -> Answer<'s> {
+        let mut log = LogFields::default();
+        let mut version = SYNC_VERSION_ZSTD;
+        let result = self.process(&mut req, &mut log, &mut version, scope);
+        let complete = match &result {
+            Err(e) if !e.body_is_drainable() => false,
+            _ => drain(req.body, self.config.max_body_bytes()),
+        };
+        let mut answer = match result.and_then(|r| reply::encode(r, version)) {
+            Ok(answer) => answer,
+            Err(err) => {
+                log.cause = Some(err.to_string());
+                reply::error_answer(&err)
+            }
+        };
+        answer.body = Box::new(Counted {
+            inner: answer.body,
+            count: &scope.sent,
+        });
+        if !complete {
+            answer.headers.push(("Connection", "close".into()));
+            answer.close = true;
+        }
+        answer.log = log;
+        answer
+    }
+
+    /// Route, framing, authentication, then the route's handler.
+    fn process<'s>(
+        &'s self,
+        req: &mut Incoming<'_>,
+        log: &mut LogFields,
+        version: &mut u8,
+        scope: &'s Scope,
+    ) -> Result<Reply<'s>, HandlerError> {
+        let route = route(req.verb, req.url, &self.config.base_path)?;
+        log.route = Some(route);
+        if route == Route::Health {
+            return Ok(Reply::Empty);
+        }
+        if route == Route::Index {
+            return Ok(Reply::Page(self.index_page(req)));
+        }
+        let limits = BodyLimits {
+            compressed: self.config.max_body_bytes(),
+            decompressed: match route {
+                Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
+                _ => self.config.max_payload_bytes(),
+            },
+        };
+        let (header, mut body) = match req.header("anki-sync") {
+            Some(value) => {
+                let header = SyncHeader::parse(value)?;
+                let body = Body {
+                    source: Source::Zstd(&mut *req.body),
+                    limits,
+                };
+                (header, body)
+            }
+            // No header: a client older than 2.1.57 (multipart + gzip).
+            None => self.legacy_request(req, route, limits)?,
+        };
+        *version = header.version;
+        log.client = Some(header.client.clone());
+
+        let users = self.current_users();
+        if route == Route::HostKey {
+            let login: LoginRequest = body.json()?;
+            log.user = Some(login.u.clone());
+            // PBKDF2 runs here, on this request's own copy of the table: no lock is held.
+            let account = users.login(&login.u, &login.p)?;
+            let answer = serde_json::json!({ "key": account.hkey });
+            return Ok(Reply::Bytes(answer.to_string().into_bytes()));
+        }
+
+        let account = users.by_hkey(&header.hkey)?;
+        log.user = Some(account.name.clone());
+        let opened = self
+            .store
+            .open(&account.name)
+            .or_internal(format!("preparing the folder of {}", account.name))?;
+        let slot: &UserSlot = scope.slot.get_or_init(|| opened);
+
+        match route {
+            Route::Sync(method) => self.collection(method, &header, &mut body, slot),
+            Route::Media(method) => self.media(method, &header, &mut body, slot),
+            Route::Health | Route::Index | Route::HostKey => Ok(Reply::Empty),
+        }
+    }
+
+    /// The accounts as of now: a changed users file is reloaded first (one
+    /// `stat` per request otherwise), so additions, new passwords and
+    /// removals take effect at once. Removed users' slots are dropped.
+    fn current_users(&self) -> Arc<Users> {
+        if let Some(change) = self.users.refresh() {
+            for name in &change.removed {
+                self.store.forget(name);
+            }
+            for name in &change.added {
+                if let Err(e) = self.store.open(name) {
+                    log::error!("preparing the folder of new user {name}: {e}");
+                }
+            }
+        }
+        self.users.current()
+    }
+
+    /// What a person sees when opening the server's address in a browser:
+    /// that it runs, and the exact URL to type into Anki. The scheme is the
+    /// one a proxy in front says the client used, else ours: `https` with
+    /// built-in HTTPS.
+    fn index_page(&self, req: &Incoming<'_>) -> String {
+        let host = req
+            .header("Host")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}:{}", self.config.host, self.config.port));
+        let scheme = req
+            .header("X-Forwarded-Proto")
+            .unwrap_or(match self.config.tls {
+                Some(_) => "https",
+                None => "http",
+            });
+        let mut page = format!(
+            "anki-sync-lite {} is running.\n\nIn Anki, set the self-hosted sync server to:\n\n    {scheme}://{host}{}\n\n(with the final slash), then log in with your user name and password.\n",
+            env!("CARGO_PKG_VERSION"),
+            self.config.base_path
+        );
+        if self.current_users().is_empty() {
+            page.push_str(NO_USERS_YET);
+        }
+        page
+    }
+}
+
+/// The index page's next step on a fresh install.
+const NO_USERS_YET: &str = "\nThere are no users yet. On the server, add one with\n\n    sudo anki-sync-lite user add NAME\n\n(it asks for the password; no restart needed), or set SYNC_USER1=NAME:PASSWORD.\n";
+
+/// Reads what is left of a request body, up to `max` bytes; true if that
+/// reached its end (the connection can take the next request).
+fn drain(body: &mut dyn Read, max: u64) -> bool {
+    let mut limited = body.take(max);
+    if io::copy(&mut limited, &mut io::sink()).is_err() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    matches!(limited.into_inner().read(&mut probe), Ok(0))
+}
+
+/// Counts bytes read through it.
+pub(super) struct Counted<'a, R> {
+    pub(super) inner: R,
+    pub(super) count: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

@@ -1,0 +1,381 @@
+//! The HTTP surface through [`Service::dispatch`], without a socket: routes,
+//! statuses, framing, login, full and normal sync, as a client sees them.
+//! (What needs a real socket or process stays in `tests/it`: keep-alive,
+//! slow clients, memory.)
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use super::*;
+use crate::auth::live::LiveUsers;
+use crate::budget::{self, MemoryBudget};
+use crate::config::Config;
+use crate::user::UserStore;
+
+/// sha1("user:pass"), the host key of the one test user.
+pub(crate) const HKEY: &str = "b2619aa1529dfdc4248e6edbf3c1b2a2b014cf6d";
+
+pub(crate) fn service_with(base: &Path, extra: &[(&str, &str)]) -> Service {
+    let mut env: HashMap<String, String> = [
+        ("SYNC_USER1", "user:pass"),
+        ("SYNC_BASE", base.to_str().unwrap()),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.insert("HOME".into(), base.to_str().unwrap().into());
+    let config = Config::from_env(&env).unwrap();
+    let users =
+        LiveUsers::load(config.users.clone(), config.passwords_hashed, &config.base).unwrap();
+    let store = UserStore::new(&config.base, users.current().names()).unwrap();
+    Service {
+        config,
+        users,
+        store,
+        budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
+    }
+}
+
+/// An answer as a client reads it.
+#[derive(Debug)]
+pub(crate) struct Got {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub close: bool,
+    pub log: LogFields,
+    /// Request body bytes the server left unread.
+    pub unread: usize,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The payload of a v11 answer (zstd, with `anki-original-size`).
+    pub fn payload(&self) -> Vec<u8> {
+        assert_eq!(
+            self.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let out = zstd::decode_all(&self.body[..]).unwrap();
+        assert_eq!(
+            self.header("anki-original-size"),
+            Some(out.len().to_string().as_str())
+        );
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload()).unwrap()
+    }
+}
+
+pub(crate) fn send(
+    service: &Service,
+    verb: Verb,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Got {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let mut reader = body;
+    let scope = Scope::default();
+    let answer = service.dispatch(
+        Incoming {
+            verb,
+            url,
+            headers: &headers,
+            body: &mut reader,
+        },
+        &scope,
+    );
+    let unread = reader.len();
+    let Answer {
+        status,
+        headers,
+        mut body,
+        len,
+        close,
+        log,
+    } = answer;
+    let mut bytes = Vec::new();
+    body.read_to_end(&mut bytes).unwrap();
+    if let Some(len) = len {
+        assert_eq!(len, bytes.len() as u64, "announced length");
+    }
+    drop(body);
+    assert_eq!(scope.sent(), bytes.len() as u64, "the log's out= figure");
+    Got {
+        status,
+        headers,
+        body: bytes,
+        close,
+        log,
+        unread,
+    }
+}
+
+pub(crate) fn header_for(hkey: &str, session: &str) -> String {
+    format!(r#"{{"v":11,"k":"{hkey}","c":"test,1,linux","s":"{session}"}}"#)
+}
+
+/// A v11 request: zstd body, `anki-sync` header with session `s`.
+pub(crate) fn call(service: &Service, method: &str, session: &str, payload: &[u8]) -> Got {
+    let header = header_for(HKEY, session);
+    send(
+        service,
+        Verb::Post,
+        method,
+        &[("anki-sync", &header)],
+        &zstd::encode_all(payload, 3).unwrap(),
+    )
+}
+
+fn meta(service: &Service) -> serde_json::Value {
+    call(service, "/sync/meta", "s", br#"{"v":11,"cv":"x"}"#).json()
+}
+
+#[test]
+fn health_routes_and_methods() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let get = |url: &str| send(&s, Verb::Get, url, &[("Host", "test")], b"");
+    let r = get("/health");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(get("//health").status, 200);
+    // People open the address in a browser: tell them what to type into Anki.
+    let page = String::from_utf8(get("/").body).unwrap();
+    assert!(page.contains("is running"), "{page}");
+    assert!(page.contains("http://test/"), "{page}");
+    assert_eq!(get("/nothing").status, 404);
+    let r = get("/sync/meta");
+    assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+    for (url, name) in [("/sync/nosuch", "nosuch"), ("/sync/Meta", "Meta")] {
+        let r = send(&s, Verb::Post, url, &[], b"");
+        let expected = format!("Invalid URL: unknown method {name:?}");
+        assert_eq!((r.status, r.body.as_slice()), (400, expected.as_bytes()));
+    }
+}
+
+#[test]
+fn login_then_meta_of_a_brand_new_user() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let login = |body: &[u8]| {
+        let header = header_for("", "");
+        send(
+            &s,
+            Verb::Post,
+            "/sync/hostKey",
+            &[("anki-sync", &header)],
+            &zstd::encode_all(body, 3).unwrap(),
+        )
+    };
+    let r = login(br#"{"u":"user","p":"pass"}"#);
+    assert_eq!(r.payload(), format!(r#"{{"key":"{HKEY}"}}"#).as_bytes());
+    assert_eq!(r.log.user.as_deref(), Some("user"));
+    for body in [
+        &br#"{"u":"user","p":"wrong"}"#[..],
+        br#"{"u":"nobody","p":"pass"}"#,
+    ] {
+        let r = login(body);
+        assert_eq!((r.status, r.body.as_slice()), (403, &b"403"[..]));
+        assert_eq!(r.header("anki-original-size"), None);
+    }
+    // A brand-new user: mod 0, usn 0, empty, and a stable scm.
+    let first = meta(&s);
+    assert_eq!(
+        (
+            &first["mod"],
+            &first["usn"],
+            &first["empty"],
+            &first["cont"]
+        ),
+        (&0.into(), &0.into(), &true.into(), &true.into())
+    );
+    assert_eq!(first["media_usn"], 0);
+    assert_eq!(first["scm"], meta(&s)["scm"]);
+    // Protocol version in the body out of range: 501 "client too old".
+    assert_eq!(
+        call(&s, "/sync/meta", "s", br#"{"v":7,"cv":"x"}"#).status,
+        501
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_statuses_and_their_cause_is_logged() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    // Unknown host key.
+    let header = header_for("0000", "s");
+    let r = send(
+        &s,
+        Verb::Post,
+        "/sync/meta",
+        &[("anki-sync", &header)],
+        &zstd::encode_all(&b"{}"[..], 3).unwrap(),
+    );
+    assert_eq!((r.status, r.body.as_slice()), (403, &b"403"[..]));
+    assert_eq!(r.log.cause.as_deref(), Some("invalid hkey"));
+    // Garbage instead of zstd.
+    let header = header_for(HKEY, "s");
+    let r = send(
+        &s,
+        Verb::Post,
+        "/sync/meta",
+        &[("anki-sync", &header)],
+        b"this is not zstd at all",
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.log
+            .cause
+            .as_deref()
+            .unwrap()
+            .starts_with("decoding request body"),
+        "{:?}",
+        r.log
+    );
+    // Malformed header JSON, a missing key, an unsupported version.
+    for h in [
+        "{not json".to_string(),
+        r#"{"v":11,"k":"","c":""}"#.to_string(),
+        format!(r#"{{"v":12,"k":"{HKEY}","c":"x","s":"y"}}"#),
+    ] {
+        let body = zstd::encode_all(&b"{}"[..], 3).unwrap();
+        let r = send(&s, Verb::Post, "/sync/meta", &[("anki-sync", &h)], &body);
+        assert_eq!(r.status, 400, "{h}");
+    }
+    // Valid zstd, invalid JSON.
+    let r = call(&s, "/sync/meta", "s", b"{\"v\":");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.log.cause.as_deref().unwrap().starts_with("request json"),
+        "{:?}",
+        r.log
+    );
+}
+
+#[test]
+fn corrupt_uploads_leave_the_old_collection_intact() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    // Take the server's fresh collection, mark it, and upload it back.
+    let original = call(&s, "/sync/download", "s", br#"{"_pad":null}"#).payload();
+    assert!(original.starts_with(b"SQLite format 3\0"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("marked.anki2");
+    std::fs::write(&path, &original).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("update col set crt = 12345", []).unwrap();
+        conn.execute_batch("pragma journal_mode = delete").unwrap();
+    }
+    let marked = std::fs::read(&path).unwrap();
+    assert_eq!(call(&s, "/sync/upload", "s", &marked).payload(), b"OK");
+
+    let corrupt = b"Your upload was corrupt. Please use Check Database, or restore from backup.";
+    let mut header_only = marked.clone();
+    header_only[100..].fill(0);
+    for bad in [
+        &[7u8; 10_000][..],
+        &marked[..marked.len() / 2],
+        &header_only,
+        b"",
+    ] {
+        assert_eq!(call(&s, "/sync/upload", "s", bad).payload(), corrupt);
+    }
+    // The marked collection is still what the server serves.
+    let served = call(&s, "/sync/download", "s", br#"{"_pad":null}"#).payload();
+    std::fs::write(&path, &served).unwrap();
+    let conn = crate::storage::open(&path).unwrap();
+    let crt: i64 = conn
+        .query_row("select crt from col", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(crt, 12345);
+    let integrity: String = conn
+        .query_row("pragma quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    // Nothing temporary is left beside it.
+    let names: Vec<String> = std::fs::read_dir(base.path().join("user"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn session_keys_and_a_failed_sanity_check_roll_back() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let usn = meta(&s)["usn"].as_i64().unwrap();
+    let start = format!(r#"{{"minUsn":{usn},"lnewer":true,"graves":null}}"#);
+    let pad = br#"{"_pad":null}"#;
+    // Stateful methods need a session key, and the one that started.
+    assert_eq!(call(&s, "/sync/start", "", start.as_bytes()).status, 400);
+    assert_eq!(call(&s, "/sync/chunk", "s1", pad).status, 409);
+    assert_eq!(
+        call(&s, "/sync/start", "s1", start.as_bytes()).payload(),
+        br#"{"cards":[],"notes":[],"decks":[]}"#
+    );
+    assert_eq!(call(&s, "/sync/chunk", "other", pad).status, 409);
+    // A revlog entry goes in, then the counts disagree: "bad", and rolled back.
+    let chunk = br#"{"chunk":{"done":true,"revlog":[[1700000000000,1,0,3,1,0,2500,1000,1]]}}"#;
+    assert_eq!(call(&s, "/sync/applyChunk", "s1", chunk).payload(), b"null");
+    let sanity = call(
+        &s,
+        "/sync/sanityCheck2",
+        "s1",
+        br#"{"client":[[0,0,0],5,5,5,0,5,5,5]}"#,
+    )
+    .json();
+    assert_eq!(sanity["status"], "bad");
+    assert_eq!(call(&s, "/sync/finish", "s1", pad).status, 409);
+    assert_eq!(call(&s, "/sync/abort", "whatever", pad).payload(), b"null");
+    // Nothing was kept: a new sync from scratch sees no revlog at all.
+    call(
+        &s,
+        "/sync/start",
+        "s2",
+        br#"{"minUsn":0,"lnewer":true,"graves":null}"#,
+    )
+    .payload();
+    let sent = call(&s, "/sync/chunk", "s2", pad).json();
+    assert!(sent.get("revlog").is_none(), "{sent}");
+    // meta from another device ends the sync in progress.
+    meta(&s);
+    assert_eq!(call(&s, "/sync/chunk", "s2", pad).status, 409);
+}
+
+#[test]
+fn what_a_handler_leaves_unread_is_drained_before_the_answer() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    // A zstd frame, then bytes the decoder never reads.
+    let mut body = zstd::encode_all(&br#"{"v":11,"cv":"x"}"#[..], 3).unwrap();
+    body.extend(std::iter::repeat_n(0u8, 100_000));
+    let header = header_for(HKEY, "s");
+    let r = send(
+        &s,
+        Verb::Post,
+        "/sync/meta",
+        &[("anki-sync", &header)],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!((r.unread, r.close), (0, false));
+}
