@@ -139,6 +139,7 @@ impl Service {
         let limits = BodyLimits {
             compressed: self.config.max_body_bytes(),
             decompressed: match route {
+                Route::HostKey => SMALL_JSON_LIMIT,
                 Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
                 _ => self.config.max_payload_bytes(),
             },

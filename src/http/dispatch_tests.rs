@@ -379,3 +379,33 @@ fn what_a_handler_leaves_unread_is_drained_before_the_answer() {
     assert_eq!(r.status, 200);
     assert_eq!((r.unread, r.close), (0, false));
 }
+
+/// A login is a few bytes of JSON: a body that decompresses to more is
+/// refused at the small-JSON budget, not parsed up to the payload limit.
+#[test]
+fn a_login_bomb_hits_the_small_json_budget() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let mut json = br#"{"u":""#.to_vec();
+    json.extend(std::iter::repeat_n(b'a', 2 << 20));
+    json.extend_from_slice(br#"","p":"pass"}"#);
+    let header = header_for("", "");
+    let body = zstd::encode_all(&json[..], 3).unwrap();
+    let r = send(
+        &s,
+        Verb::Post,
+        "/sync/hostKey",
+        &[("anki-sync", &header)],
+        &body,
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.log
+            .cause
+            .as_deref()
+            .unwrap()
+            .contains("larger than the limit of 1048576"),
+        "{:?}",
+        r.log
+    );
+}
