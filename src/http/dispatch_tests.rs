@@ -409,3 +409,34 @@ fn a_login_bomb_hits_the_small_json_budget() {
         r.log
     );
 }
+
+/// Issue 14, item 1: the session and the sync state are checked before a
+/// step's body is read or decoded, so a step without its sync costs nothing
+/// but a 409 (before, a malformed body was decoded first: 400).
+#[test]
+fn a_step_without_its_sync_is_refused_before_its_body_is_decoded() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let garbage = b"{\"chunk\": [not json";
+    for method in ["applyChunk", "applyGraves", "applyChanges", "sanityCheck2"] {
+        let url = format!("/sync/{method}");
+        let r = call(&s, &url, "s1", garbage);
+        assert_eq!(r.status, 409, "{method}: {:?}", r.log);
+        assert_eq!(r.log.cause.as_deref(), Some("no active sync"), "{method}");
+    }
+    call(
+        &s,
+        "/sync/start",
+        "s1",
+        br#"{"minUsn":0,"lnewer":true,"graves":null}"#,
+    )
+    .payload();
+    let r = call(&s, "/sync/applyChunk", "s2", garbage);
+    assert_eq!(r.status, 409);
+    // The owner's malformed body is decoded, refused, and ends its sync.
+    assert_eq!(call(&s, "/sync/applyChunk", "s1", garbage).status, 400);
+    assert_eq!(
+        call(&s, "/sync/chunk", "s1", br#"{"_pad":null}"#).status,
+        409
+    );
+}

@@ -39,6 +39,20 @@ impl SyncMethod {
     pub fn name(self) -> &'static str {
         lookup_name(&Self::ALL, self)
     }
+
+    /// The steps of a normal sync after `start`: they need the sync that
+    /// `start` began for this session.
+    pub fn continues_a_sync(self) -> bool {
+        matches!(
+            self,
+            SyncMethod::ApplyGraves
+                | SyncMethod::ApplyChanges
+                | SyncMethod::Chunk
+                | SyncMethod::ApplyChunk
+                | SyncMethod::SanityCheck2
+                | SyncMethod::Finish
+        )
+    }
 }
 
 /// Methods of the media protocol (`/msync/…`).

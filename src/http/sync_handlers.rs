@@ -34,6 +34,11 @@ impl Service {
         slot: &'s UserSlot,
     ) -> Result<Reply<'s>, HandlerError> {
         let session = header.session.as_str();
+        if method.continues_a_sync() {
+            // Before the body is read or decoded: a step without its sync
+            // costs nothing but this answer.
+            slot.require_sync(session)?;
+        }
         match method {
             SyncMethod::Meta => {
                 let req: MetaRequest = body.json()?;

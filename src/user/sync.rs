@@ -63,6 +63,14 @@ impl UserSlot {
         step(&mut self.lock(), &self.name, session, received, op)
     }
 
+    /// Checks that `session` owns the sync in progress (a conflict if there
+    /// is none or another session owns it), before a step's body is read.
+    /// The step itself checks again: another device may start meanwhile.
+    pub fn require_sync(&self, session: &str) -> Result<(), SyncError> {
+        require_session(session)?;
+        owner_check(&self.lock(), session)
+    }
+
     /// `finish`: commits the sync (`ls` = now, `usn` + 1, `mod` = now, in the
     /// sync's transaction) and logs its summary. Returns `now_ms`, which the
     /// client stores as its `mod`.
@@ -113,6 +121,17 @@ fn require_session(session: &str) -> Result<(), SyncError> {
         .or_bad_request("missing session key")
 }
 
+/// A conflict unless `session` owns the sync in progress.
+fn owner_check(user: &UserState, session: &str) -> Result<(), SyncError> {
+    match &user.sync {
+        None => Err(SyncError::conflict("no active sync")),
+        Some(state) if state.session != session => Err(SyncError::conflict(
+            "active sync with a different session key",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Opens the sync's transaction and its state.
 fn begin(
     user: &mut UserState,
@@ -150,15 +169,7 @@ fn step<T: StepAnswer>(
     received: usize,
     op: impl FnOnce(&mut Connection, &mut SyncState) -> Result<T, SyncError>,
 ) -> Result<T, SyncError> {
-    match &user.sync {
-        None => return Err(SyncError::conflict("no active sync")),
-        Some(state) if state.session != session => {
-            return Err(SyncError::conflict(
-                "active sync with a different session key",
-            ));
-        }
-        Some(_) => {}
-    }
+    owner_check(user, session)?;
     let (col, sync) = user.collection_and_sync()?;
     let state = sync.as_mut().or_internal("the sync state vanished")?;
     state.received += received;
