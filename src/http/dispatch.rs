@@ -21,6 +21,16 @@ use crate::error::OrSyncError;
 use crate::protocol::SYNC_VERSION_ZSTD;
 use crate::user::UserSlot;
 
+/// After an answer, at most this much of an unread request body is read and
+/// dropped, so an honest client gets the answer rather than a reset; a longer
+/// rest closes the connection instead, so no worker waits for it.
+pub const MAX_DRAIN: u64 = 64 * 1024;
+
+/// tiny_http reads a body of at most this many bytes with a `Content-Length`
+/// before it hands the request over (`vendor/tiny_http/src/request.rs`), so
+/// reading the rest of such a body never makes a worker wait.
+const PRE_READ_BODY: u64 = 1024;
+
 /// A request as the dispatch sees it.
 pub struct Incoming<'r> {
     pub verb: Verb,
@@ -82,6 +92,14 @@ pub struct LogFields {
     pub cause: Option<String>,
 }
 
+/// What processing learnt that the answer depends on.
+struct Seen {
+    /// The client's protocol version: how to encode the answer.
+    version: u8,
+    /// The request's host key (or its login) was good.
+    authenticated: bool,
+}
+
 #[derive(Deserialize)]
 struct LoginRequest {
     u: String,
@@ -90,18 +108,24 @@ struct LoginRequest {
 
 impl Service {
     /// Answers one request. The body is read at most once, through its
-    /// budgets; what the handler left unread is drained (up to the body
-    /// limit) before the answer is made, so an honest client gets the answer
-    /// rather than a reset.
+    /// budgets. What the handler left unread is drained before the answer is
+    /// made, up to [`MAX_DRAIN`], and only for a request whose key (or login)
+    /// was good or whose body was read before it reached us: a worker never
+    /// waits on an unauthenticated client's body. Anything else closes the
+    /// connection after the answer.
     pub fn dispatch<'s>(&'s self, mut req: Incoming<'_>, scope: &'s Scope) -> Answer<'s> {
         let mut log = LogFields::default();
-        let mut version = SYNC_VERSION_ZSTD;
-        let result = self.process(&mut req, &mut log, &mut version, scope);
+        let mut seen = Seen {
+            version: SYNC_VERSION_ZSTD,
+            authenticated: false,
+        };
+        let result = self.process(&mut req, &mut log, &mut seen, scope);
         let complete = match &result {
             Err(e) if !e.body_is_drainable() => false,
-            _ => drain(req.body, self.config.max_body_bytes()),
+            _ if seen.authenticated || body_was_pre_read(&req) => drain(req.body, MAX_DRAIN),
+            _ => false,
         };
-        let mut answer = match result.and_then(|r| reply::encode(r, version)) {
+        let mut answer = match result.and_then(|r| reply::encode(r, seen.version)) {
             Ok(answer) => answer,
             Err(err) => {
                 log.cause = Some(err.to_string());
@@ -125,7 +149,7 @@ impl Service {
         &'s self,
         req: &mut Incoming<'_>,
         log: &mut LogFields,
-        version: &mut u8,
+        seen: &mut Seen,
         scope: &'s Scope,
     ) -> Result<Reply<'s>, HandlerError> {
         let route = route(req.verb, req.url, &self.config.base_path)?;
@@ -156,7 +180,7 @@ impl Service {
             // No header: a client older than 2.1.57 (multipart + gzip).
             None => self.legacy_request(req, route, limits)?,
         };
-        *version = header.version;
+        seen.version = header.version;
         log.client = Some(header.client.clone());
 
         let users = self.current_users();
@@ -165,11 +189,13 @@ impl Service {
             log.user = Some(login.u.clone());
             // PBKDF2 runs here, on this request's own copy of the table: no lock is held.
             let account = users.login(&login.u, &login.p)?;
+            seen.authenticated = true;
             let answer = serde_json::json!({ "key": account.hkey });
             return Ok(Reply::Bytes(answer.to_string().into_bytes()));
         }
 
         let account = users.by_hkey(&header.hkey)?;
+        seen.authenticated = true;
         log.user = Some(account.name.clone());
         let opened = self
             .store
@@ -230,6 +256,18 @@ impl Service {
 
 /// The index page's next step on a fresh install.
 const NO_USERS_YET: &str = "\nThere are no users yet. On the server, add one with\n\n    sudo anki-sync-lite user add NAME\n\n(it asks for the password; no restart needed), or set SYNC_USER1=NAME:PASSWORD.\n";
+
+/// Whether the request has no body, or one tiny_http read before handing
+/// the request over (a `Content-Length` of at most [`PRE_READ_BODY`]).
+fn body_was_pre_read(req: &Incoming<'_>) -> bool {
+    if req.header("Transfer-Encoding").is_some() {
+        return false;
+    }
+    match req.header("Content-Length") {
+        None => true,
+        Some(len) => len.trim().parse::<u64>().is_ok_and(|n| n <= PRE_READ_BODY),
+    }
+}
 
 /// Reads what is left of a request body, up to `max` bytes; true if that
 /// reached its end (the connection can take the next request).

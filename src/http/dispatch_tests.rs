@@ -86,10 +86,14 @@ pub(crate) fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Got {
-    let headers: Vec<(String, String)> = headers
+    let mut headers: Vec<(String, String)> = headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
+    // As tiny_http hands requests over: a body has its framing header.
+    if !body.is_empty() && !headers.iter().any(|(n, _)| n == "Transfer-Encoding") {
+        headers.push(("Content-Length".into(), body.len().to_string()));
+    }
     let mut reader = body;
     let scope = Scope::default();
     let answer = service.dispatch(

@@ -618,3 +618,50 @@ fn answers_do_not_name_the_server_software() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Server"), None);
 }
+
+/// Issue 14, item 2: a request with a bad key is answered before its body
+/// is read, and a worker never waits for the rest (before, every error
+/// drained the body up to the payload limit, so eight slow bodies with a bad
+/// key held every worker and every login timed out).
+#[test]
+fn slow_bodies_with_a_bad_key_hold_no_worker() {
+    let s = start(&[("SYNC_WORKERS", "2")]);
+    let head = format!(
+        "POST /sync/upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nanki-sync: {}\r\n\r\n",
+        sync_header("0000")
+    );
+    // Twice as many as there are workers, each fast enough for the minimum
+    // rate (2 KiB/s) and long (20 s).
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut stream = connect(&s);
+            let head = head.clone();
+            thread::spawn(move || {
+                stream.write_all(head.as_bytes()).unwrap();
+                let chunk = [7u8; 2048];
+                for _ in 0..20 {
+                    let sent = write!(stream, "{:x}\r\n", chunk.len())
+                        .and_then(|()| stream.write_all(&chunk))
+                        .and_then(|()| stream.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+                read_until_closed(&mut stream).0
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut c = Conn::open(&s);
+    let r = call(&mut c, "hostKey", "", LOGIN);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(took < Duration::from_secs(5), "a login took {took:?}");
+    for t in tricklers {
+        let line = t.join().unwrap();
+        assert!(line.starts_with("HTTP/1.1 403"), "{line:?}");
+    }
+}
