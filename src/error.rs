@@ -20,6 +20,9 @@ pub enum Kind {
     Conflict,
     /// The client speaks a protocol older than we serve.
     ClientTooOld,
+    /// The user already runs as many requests of this kind as one may at
+    /// once; the client may try again shortly.
+    Busy,
     /// Our own fault: the disk, the database, a bug.
     Internal,
 }

@@ -444,3 +444,25 @@ fn a_step_without_its_sync_is_refused_before_its_body_is_decoded() {
         409
     );
 }
+
+/// Issue 14, item 2: one user streams at most `MAX_UPLOADS` uploads at once;
+/// another gets 429 before its body is read.
+#[test]
+fn one_user_runs_a_bounded_number_of_uploads_at_once() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let slot = s.store.slot("user").unwrap();
+    let held: Vec<_> = (0..crate::user::MAX_UPLOADS)
+        .map(|_| slot.upload_permit().unwrap())
+        .collect();
+    for url in ["/sync/upload", "/msync/uploadChanges"] {
+        let r = call(&s, url, "s", &[7u8; 10_000]);
+        assert_eq!(r.status, 429, "{url}: {:?}", r.log);
+    }
+    drop(held);
+    let corrupt = b"Your upload was corrupt. Please use Check Database, or restore from backup.";
+    assert_eq!(
+        call(&s, "/sync/upload", "s", &[7u8; 10_000]).payload(),
+        corrupt
+    );
+}

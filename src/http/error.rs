@@ -106,6 +106,7 @@ impl HandlerError {
                 Kind::BadRequest => 400,
                 Kind::Conflict => 409,
                 Kind::ClientTooOld => 501,
+                Kind::Busy => 429,
                 Kind::Internal => 500,
             },
         }
@@ -156,6 +157,7 @@ mod tests {
             (SyncError::conflict("x").into(), 409, "409"),
             (SyncError::client_too_old("x").into(), 501, "501"),
             (SyncError::internal("x").into(), 500, "500"),
+            (SyncError::new(Kind::Busy, "x").into(), 429, "429"),
         ];
         for (err, status, body) in cases {
             let reply = err.reply();

@@ -79,6 +79,7 @@ impl Service {
             }
             MediaMethod::UploadChanges => {
                 let limit = MAX_UPLOAD_ZIP_BYTES.min(self.config.max_payload_bytes());
+                let _permit = slot.upload_permit()?;
                 let zip = {
                     let mut reader = LimitReader::new(body.decoded()?, limit, "media upload zip");
                     media.spool(&mut reader).map_err(|e| match e {

@@ -149,6 +149,7 @@ impl Service {
     ) -> Result<Reply<'s>, HandlerError> {
         let name = slot.name.as_str();
         slot.abort_sync();
+        let _permit = slot.upload_permit()?;
         let temp = match install::receive(slot.dir(), &mut body.decoded()?) {
             Ok(temp) => temp,
             Err(ReceiveError::Body(e)) => {

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use rusqlite::Connection;
 use crate::backup::{self, Reason};
 use crate::clock::now_millis;
 use crate::collection::state::SyncState;
-use crate::error::SyncError;
+use crate::error::{Kind, SyncError};
 use crate::media::MediaSlot;
 use crate::storage::install;
 use crate::storage::temp;
@@ -22,6 +23,10 @@ use crate::storage::{self, COLLECTION_FILE};
 
 /// A normal sync left without a request for this long is rolled back.
 const ABANDONED_SYNC: Duration = Duration::from_secs(30 * 60);
+/// Uploads (full or media) one user may stream in at once: a device's
+/// collection and another's media, say. More would let one account hold
+/// many workers with slow bodies.
+pub const MAX_UPLOADS: usize = 2;
 
 pub struct UserSlot {
     pub name: String,
@@ -30,6 +35,19 @@ pub struct UserSlot {
     /// Media store with its own lock, so media and collection syncs of one
     /// user never wait for or disturb each other.
     pub media: MediaSlot,
+    /// Uploads streaming in now.
+    uploads: AtomicUsize,
+}
+
+/// Leave for one upload to stream in; returned when dropped.
+pub struct UploadPermit<'a> {
+    uploads: &'a AtomicUsize,
+}
+
+impl Drop for UploadPermit<'_> {
+    fn drop(&mut self) {
+        self.uploads.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Everything guarded by a user's lock.
@@ -62,6 +80,7 @@ impl UserSlot {
             name: name.to_string(),
             dir: dir.clone(),
             media,
+            uploads: AtomicUsize::new(0),
             state: Mutex::new(UserState {
                 dir,
                 col: None,
@@ -74,6 +93,22 @@ impl UserSlot {
     /// The user's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Leave to stream an upload in, or [`Kind::Busy`] (429) if the user
+    /// already runs [`MAX_UPLOADS`].
+    pub fn upload_permit(&self) -> Result<UploadPermit<'_>, SyncError> {
+        let running = self.uploads.fetch_add(1, Ordering::SeqCst);
+        let permit = UploadPermit {
+            uploads: &self.uploads,
+        };
+        if running >= MAX_UPLOADS {
+            return Err(SyncError::new(
+                Kind::Busy,
+                format!("{running} uploads of {} are running already", self.name),
+            ));
+        }
+        Ok(permit)
     }
 
     /// Takes this user's lock. If an earlier request panicked while holding
