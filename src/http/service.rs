@@ -49,16 +49,13 @@ impl Service {
                 (500, log)
             }
         };
-        let ms = started.elapsed().as_millis();
-        let what = log.route.map(|r| r.to_string()).unwrap_or(url);
-        let line = format!(
-            "{ip} {} {} {what} {status} in={} out={} {ms}ms{}",
-            log.user.as_deref().unwrap_or("-"),
-            log.client.as_deref().unwrap_or("-"),
-            received.get(),
-            scope.sent(),
-            log.cause.map(|c| format!(" ({c})")).unwrap_or_default(),
-        );
+        let figures = Figures {
+            status,
+            received: received.get(),
+            sent: scope.sent(),
+            ms: started.elapsed().as_millis(),
+        };
+        let line = log_line(&ip, &url, &log, &figures);
         match (log.route, status) {
             (Some(Route::Health | Route::Index), 200) => debug!("{line}"),
             (_, 500..) => error!("{line}"),
@@ -140,8 +137,110 @@ impl Service {
     }
 }
 
+/// The numbers of a request's log line.
+struct Figures {
+    status: u16,
+    received: u64,
+    sent: u64,
+    ms: u128,
+}
+
+/// Longest login name and client version a log line carries; the URL and
+/// the cause may be longer, but not without bound.
+const MAX_LOGGED_NAME: usize = 64;
+const MAX_LOGGED_TEXT: usize = 300;
+
+/// A request's one log line: client address, user, client version, route,
+/// status, bytes in and out, time, and the cause of a failure. What the
+/// client chose (the name it logged in with, its version string, the URL)
+/// is escaped and cut short, so it can neither forge a line nor make a huge
+/// one, even without a valid login.
+fn log_line(ip: &str, url: &str, log: &LogFields, n: &Figures) -> String {
+    let what = match log.route {
+        Some(route) => route.to_string(),
+        None => log_safe(url, MAX_LOGGED_TEXT),
+    };
+    let field = |value: &Option<String>| match value {
+        Some(v) => log_safe(v, MAX_LOGGED_NAME),
+        None => "-".into(),
+    };
+    let cause = match &log.cause {
+        Some(c) => format!(" ({})", log_safe(c, MAX_LOGGED_TEXT)),
+        None => String::new(),
+    };
+    format!(
+        "{} {} {} {what} {} in={} out={} {}ms{cause}",
+        log_safe(ip, MAX_LOGGED_NAME),
+        field(&log.user),
+        field(&log.client),
+        n.status,
+        n.received,
+        n.sent,
+        n.ms
+    )
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`) and at most
+/// `max` characters of it, marked with `…` when cut.
+fn log_safe(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Builds a header from our own constant names and ASCII values.
 fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes())
         .expect("header names and values built here are plain ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 6: what a client chose cannot forge a log line nor
+    /// make a huge one (before, the login name and the client version were
+    /// logged raw and whole).
+    #[test]
+    fn log_lines_escape_and_cut_what_clients_send() {
+        let log = LogFields {
+            user: Some("mallory\n1.2.3.4 alice 26.09 /sync/meta 200".into()),
+            client: Some("x".repeat(1 << 20)),
+            route: None,
+            cause: Some("invalid user or password".into()),
+        };
+        let figures = Figures {
+            status: 403,
+            received: 10,
+            sent: 3,
+            ms: 1,
+        };
+        let line = log_line("1.2.3.4", "/sync/hostKey\u{1b}[2J", &log, &figures);
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        assert!(
+            line.starts_with("1.2.3.4 mallory\\n1.2.3.4 alice"),
+            "{line}"
+        );
+        assert!(
+            line.contains(" /sync/hostKey\\u{1b}[2J 403 in=10 out=3 1ms (invalid user"),
+            "{line}"
+        );
+        assert!(line.len() < 400, "{} bytes", line.len());
+        assert!(
+            line.contains(&format!(" {}… ", "x".repeat(MAX_LOGGED_NAME))),
+            "{line}"
+        );
+        assert_eq!(log_safe("plain", 3), "pla…");
+        assert_eq!(log_safe("tab\there", 64), "tab\\there");
+    }
 }
