@@ -31,6 +31,12 @@ pub const MAX_DRAIN: u64 = 64 * 1024;
 /// reading the rest of such a body never makes a worker wait.
 const PRE_READ_BODY: u64 = 1024;
 
+/// What is read of an unread body after answering a client without a good
+/// key: enough for the end of a chunked body or a form's epilogue (an honest
+/// client that sent a wrong password keeps its connection), too little for
+/// a slow client to hold a worker for more than a moment.
+const UNAUTHENTICATED_DRAIN: u64 = PRE_READ_BODY;
+
 /// A request as the dispatch sees it.
 pub struct Incoming<'r> {
     pub verb: Verb,
@@ -109,10 +115,11 @@ struct LoginRequest {
 impl Service {
     /// Answers one request. The body is read at most once, through its
     /// budgets. What the handler left unread is drained before the answer is
-    /// made, up to [`MAX_DRAIN`], and only for a request whose key (or login)
-    /// was good or whose body was read before it reached us: a worker never
-    /// waits on an unauthenticated client's body. Anything else closes the
-    /// connection after the answer.
+    /// made, up to [`MAX_DRAIN`] for a request whose key (or login) was good
+    /// or whose body was read before it reached us, and only up to
+    /// [`UNAUTHENTICATED_DRAIN`] otherwise: a worker never waits long on an
+    /// unauthenticated client's body. A longer rest closes the connection
+    /// after the answer.
     pub fn dispatch<'s>(&'s self, mut req: Incoming<'_>, scope: &'s Scope) -> Answer<'s> {
         let mut log = LogFields::default();
         let mut seen = Seen {
@@ -123,7 +130,7 @@ impl Service {
         let complete = match &result {
             Err(e) if !e.body_is_drainable() => false,
             _ if seen.authenticated || body_was_pre_read(&req) => drain(req.body, MAX_DRAIN),
-            _ => false,
+            _ => drain(req.body, UNAUTHENTICATED_DRAIN),
         };
         let mut answer = match result.and_then(|r| reply::encode(r, seen.version)) {
             Ok(answer) => answer,

@@ -384,6 +384,26 @@ fn what_a_handler_leaves_unread_is_drained_before_the_answer() {
     assert_eq!((r.unread, r.close), (0, false));
 }
 
+/// Issue 14, item 2: after a refusal only a little of a chunked body is
+/// read (its end, a form's epilogue), so an honest client that sent a wrong
+/// password keeps its connection; a longer rest closes it, unread, so no
+/// worker waits for a slow client without a good key.
+#[test]
+fn a_refused_body_is_read_only_a_little() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let header = header_for("0000", "s");
+    let headers = [
+        ("anki-sync", header.as_str()),
+        ("Transfer-Encoding", "chunked"),
+    ];
+    let r = send(&s, Verb::Post, "/sync/meta", &headers, &[1u8; 600]);
+    assert_eq!((r.status, r.unread, r.close), (403, 0, false));
+    let r = send(&s, Verb::Post, "/sync/upload", &headers, &[1u8; 100_000]);
+    assert_eq!((r.status, r.close), (403, true));
+    assert!(r.unread > 100_000 - 2048, "{} unread", r.unread);
+}
+
 /// A login is a few bytes of JSON: a body that decompresses to more is
 /// refused at the small-JSON budget, not parsed up to the payload limit.
 #[test]
