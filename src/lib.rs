@@ -1,8 +1,12 @@
 //! anki-sync-lite: a small self-hosted Anki sync server.
 //!
-//! Data flows one way: bytes in (`http`) → authenticated user (`auth`) →
-//! that user's slot and lock (`user`) → protocol handlers (`collection`) →
-//! SQLite (`storage`) → encoded response (`http`).
+//! A request goes one way: bytes and framing (`http`) → authenticated user
+//! (`auth`) → that user's lock, collection and sync state (`user`) → the
+//! sync steps (`collection`, `media`) → SQLite and files (`storage`), and
+//! the answer comes back up to `http`, which alone turns it into bytes and a
+//! status. Modules import only the layers below them: nothing under `auth`,
+//! `user`, `collection`, `media` or `storage` imports `http`, and there is
+//! no import cycle. Errors below `http` are one type, `error::SyncError`.
 #![forbid(unsafe_code)]
 
 pub mod auth;

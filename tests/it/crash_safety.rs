@@ -575,9 +575,9 @@ fn media_zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// The media store as `media.db` describes it ({name: sha1} of live files,
-/// and the USN). With `strict`, also checks that the folder holds exactly
-/// those files with those contents.
-fn check_media(user_dir: &Path, strict: bool) -> (BTreeMap<String, String>, i64) {
+/// and the USN), after checking that the folder holds exactly those files
+/// with those contents.
+fn check_media(user_dir: &Path) -> (BTreeMap<String, String>, i64) {
     let db = Connection::open(user_dir.join("media.db")).unwrap();
     let integrity: String = db
         .query_row("pragma integrity_check", [], |r| r.get(0))
@@ -597,9 +597,6 @@ fn check_media(user_dir: &Path, strict: bool) -> (BTreeMap<String, String>, i64)
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    if !strict {
-        return (listed, usn);
-    }
     let on_disk: BTreeMap<String, String> = fs::read_dir(user_dir.join("media"))
         .unwrap()
         .flatten()
@@ -625,26 +622,12 @@ fn media_files(rng: &mut Rng, prefix: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// media.db is all or nothing, no temp file survives start-up, and the real
-/// client's media sync then works.
-#[test]
-fn killed_during_a_media_upload_keeps_media_db_all_or_nothing() {
-    media_upload_trials(false);
-}
-
-/// BUG (issue 8 report): `MediaSlot::apply` renames files into `media/`
-/// and moves replaced ones to `media-old-*.tmp` *before* committing
-/// media.db. A kill in between leaves media.db describing the old state
-/// while `media/` holds new files (unknown to the database, or with
-/// contents that do not match their recorded checksum), and start-up then
-/// deletes the `media-old-*` backups, the only copies of the old contents.
-/// Kept out of CI until fixed; `scripts/crash-trials` runs it.
+/// A kill during a media upload leaves media.db all or nothing and the
+/// folder in step with it (the upload's journal lets start-up finish or undo
+/// the moves), no temp file survives start-up, and the real client's media
+/// sync then downloads exactly what the server holds.
 #[test]
 fn killed_during_a_media_upload_keeps_folder_and_database_in_step() {
-    media_upload_trials(true);
-}
-
-fn media_upload_trials(strict: bool) {
     let mut rng = rng_from_env("media upload");
     let mut s = Crashable::start();
     let work = TempDir::new().unwrap();
@@ -661,7 +644,7 @@ fn media_upload_trials(strict: bool) {
     assert_eq!(r.status, 200);
     let upload_ms = clock.elapsed().as_millis() as u64 * 3 / 2 + 1;
     for trial in 0..trials() {
-        let (before, usn) = check_media(&s.user_dir(), strict);
+        let (before, usn) = check_media(&s.user_dir());
         let mut files = media_files(&mut rng, &format!("t{trial}"));
         // Replace a few earlier files too.
         files[0].0 = format!("calibrate-{trial}.bin");
@@ -675,7 +658,7 @@ fn media_upload_trials(strict: bool) {
         s.restart();
 
         let moment = format!("trial {trial}: cut {cut}/{} + {delay} ms", body.len());
-        let (after, new_usn) = check_media(&s.user_dir(), strict);
+        let (after, new_usn) = check_media(&s.user_dir());
         let mut expected = before.clone();
         for (name, data) in &files {
             expected.insert(name.clone(), sha1_hex(data));
@@ -697,12 +680,7 @@ fn media_upload_trials(strict: bool) {
             .unwrap_or_else(|e| panic!("{moment}: {e}"));
         let listing = client_ok(&["media-list", "--path", path_str(&device)]);
         let listing: BTreeMap<String, String> = serde_json::from_value(listing).unwrap();
-        if strict {
-            assert_eq!(listing, after, "{moment}: client media after sync");
-        } else {
-            let names = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
-            assert_eq!(names(&listing), names(&after), "{moment}: client media");
-        }
+        assert_eq!(listing, after, "{moment}: client media after sync");
     }
     eprintln!(
         "media upload: {} trials, outcomes {outcomes:?}, temp files left by the kills: {}",
