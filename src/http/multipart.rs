@@ -50,8 +50,6 @@ pub enum MultipartError {
     RepeatedData,
     /// The whole form, the `data` part or the decoded payload is over its budget.
     TooLarge(LimitExceeded),
-    /// `c` says gzip but `data` is not a valid gzip stream.
-    BadGzip(String),
     /// Reading the request body failed (the connection broke or timed out).
     Io(io::Error),
     /// Writing the `data` part to the caller's sink, or reading it back, failed.
@@ -77,7 +75,6 @@ impl fmt::Display for MultipartError {
             }
             MultipartError::RepeatedData => f.write_str("form has more than one data part"),
             MultipartError::TooLarge(l) => l.fmt(f),
-            MultipartError::BadGzip(e) => write!(f, "decoding gzip data: {e}"),
             MultipartError::Io(e) => write!(f, "reading request body: {e}"),
             MultipartError::Storage(e) => write!(f, "storing form data: {e}"),
         }
@@ -94,32 +91,11 @@ impl std::error::Error for MultipartError {
 }
 
 impl MultipartError {
-    /// Whether the server, not the client, is to blame (answer 500, not 400).
-    pub fn is_server_error(&self) -> bool {
-        matches!(self, MultipartError::Storage(_))
-    }
-
     /// Classifies an error met while reading the request body.
     fn from_read_error(err: io::Error) -> MultipartError {
         match limit::exceeded(&err) {
             Some(l) => MultipartError::TooLarge(l),
             None => MultipartError::Io(err),
-        }
-    }
-
-    /// Classifies an error met while reading a [`payload`] (or [`gzip_body`]):
-    /// a budget, a bad gzip stream, or a failure of the storage it is read from.
-    pub fn from_payload_error(err: io::Error) -> MultipartError {
-        if let Some(l) = limit::exceeded(&err) {
-            return MultipartError::TooLarge(l);
-        }
-        match err.kind() {
-            // flate2 reports bad headers, bad deflate data and a stream cut
-            // short with these kinds; the saved data itself is complete.
-            io::ErrorKind::InvalidInput
-            | io::ErrorKind::InvalidData
-            | io::ErrorKind::UnexpectedEof => MultipartError::BadGzip(err.to_string()),
-            _ => MultipartError::Storage(err),
         }
     }
 }
@@ -285,14 +261,34 @@ pub fn read_form<R: Read>(
 }
 
 /// Wraps gzip data in a streaming decoder whose output fails past
-/// `max_decompressed` bytes. Errors sort with [`MultipartError::from_payload_error`].
+/// `max_decompressed` bytes. Bad gzip data fails as `InvalidData`.
 pub fn gzip_body<R: Read>(raw: R, max_decompressed: u64) -> impl Read {
     // One gzip member, as clients send; flate2 buffers 32 KiB, no more.
     LimitReader::new(
-        GzDecoder::new(raw),
+        GzipErrors(GzDecoder::new(raw)),
         max_decompressed,
         "decompressed payload",
     )
+}
+
+/// flate2 reports a bad header, bad deflate data and a stream cut short as
+/// `InvalidInput`, `InvalidData` or `UnexpectedEof`. The saved `data` part
+/// is complete, so all three are the client's bad gzip data: they become
+/// `InvalidData`, which `FramingError::from_body_error` answers 400 (a cut
+/// stream was logged as a broken connection before).
+struct GzipErrors<R>(R);
+
+impl<R: Read> Read for GzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput
+            | io::ErrorKind::InvalidData
+            | io::ErrorKind::UnexpectedEof => {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad gzip data: {e}"))
+            }
+            _ => e,
+        })
+    }
 }
 
 /// The request payload from the saved `data` part: `{}` when the part was
@@ -556,6 +552,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::framing::FramingError;
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
@@ -639,11 +636,12 @@ mod tests {
         Ok((form, data))
     }
 
-    fn decoded(form: &LegacyForm, data: &[u8], max: u64) -> Result<Vec<u8>, MultipartError> {
+    /// A payload as the handlers read it, its errors sorted as they are.
+    fn decoded(form: &LegacyForm, data: &[u8], max: u64) -> Result<Vec<u8>, FramingError> {
         let mut out = Vec::new();
         payload(form, data, max)
             .read_to_end(&mut out)
-            .map_err(MultipartError::from_payload_error)?;
+            .map_err(FramingError::from_body_error)?;
         Ok(out)
     }
 
@@ -987,12 +985,13 @@ mod tests {
         }
         let body = python_form(&[], Some(b"{}"));
         let err = read_form(&body[..], B, &mut Full, ROOMY).unwrap_err();
-        assert!(matches!(err, MultipartError::Storage(_)) && err.is_server_error());
-        assert!(!MultipartError::Truncated.is_server_error());
+        assert!(matches!(err, MultipartError::Storage(_)), "{err:?}");
+        let status = crate::http::error::HandlerError::from(err).status();
+        assert_eq!(status, 500, "our disk, not the client");
     }
 
     #[test]
-    fn bad_or_truncated_gzip_is_bad_gzip() {
+    fn bad_or_truncated_gzip_is_the_clients_fault() {
         let gzipped = LegacyForm {
             c: Some("1".into()),
             data_len: 1,
@@ -1003,7 +1002,9 @@ mod tests {
             &gzip(b"{\"a\":1}")[..12],
         ] {
             match decoded(&gzipped, data, 1 << 20) {
-                Err(MultipartError::BadGzip(_)) => {}
+                Err(e @ FramingError::BadBody(_)) => {
+                    assert!(e.to_string().contains("bad gzip data"), "{e}");
+                }
                 other => panic!("{data:?}: {other:?}"),
             }
         }
@@ -1020,8 +1021,8 @@ mod tests {
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         let mut source = CountingReader(&bomb[..], 0);
         let err = io::copy(&mut gzip_body(&mut source, 1 << 20), &mut io::sink()).unwrap_err();
-        match MultipartError::from_payload_error(err) {
-            MultipartError::TooLarge(l) => assert_eq!(l.what, "decompressed payload"),
+        match FramingError::from_body_error(err) {
+            FramingError::TooLarge(l) => assert_eq!(l.what, "decompressed payload"),
             other => panic!("{other:?}"),
         }
         // Decoding stopped within the decoder's first 32 KiB buffer of input,
