@@ -92,7 +92,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "MAX_SYNC_PAYLOAD_MEGS",
         "100",
-        "largest request body in MiB (decompressed: 3x)",
+        "request bodies may decompress to 3x this many MiB",
     ),
     setting(
         "SYNC_IP_HEADER",

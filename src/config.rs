@@ -70,8 +70,8 @@ pub struct Config {
     pub base: PathBuf,
     pub host: IpAddr,
     pub port: u16,
-    /// `MAX_SYNC_PAYLOAD_MEGS`: compressed request bodies may be this many MiB,
-    /// decompressed ones three times as much.
+    /// `MAX_SYNC_PAYLOAD_MEGS`: request bodies may decompress to three times
+    /// this many MiB; a legacy (multipart) body may be this many MiB as sent.
     pub max_payload_megs: u64,
     pub ip_source: IpSource,
     /// Path prefix the server answers under (always starts and ends with `/`).
@@ -229,13 +229,13 @@ impl Config {
         })
     }
 
-    /// Largest accepted compressed request body, in bytes.
+    /// Largest accepted legacy (multipart) request body, in bytes, as sent.
     pub fn max_body_bytes(&self) -> u64 {
         self.max_payload_megs * 1024 * 1024
     }
 
-    /// Largest accepted decompressed payload, in bytes (3× the body limit,
-    /// as the official server).
+    /// Largest accepted decompressed payload, in bytes (3× the setting, as
+    /// the official server); v11 bodies have no other limit.
     pub fn max_payload_bytes(&self) -> u64 {
         self.max_body_bytes() * 3
     }

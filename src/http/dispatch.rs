@@ -167,25 +167,29 @@ impl Service {
         if route == Route::Index {
             return Ok(Reply::Page(self.index_page(req)));
         }
-        let limits = BodyLimits {
-            compressed: self.config.max_body_bytes(),
-            decompressed: match route {
-                Route::HostKey => SMALL_JSON_LIMIT,
-                Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
-                _ => self.config.max_payload_bytes(),
-            },
+        let decompressed = match route {
+            Route::HostKey => SMALL_JSON_LIMIT,
+            Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
+            _ => self.config.max_payload_bytes(),
         };
         let (header, mut body) = match req.header("anki-sync") {
             Some(value) => {
                 let header = SyncHeader::parse(value)?;
                 let body = Body {
                     source: Source::Zstd(&mut *req.body),
-                    limits,
+                    limits: BodyLimits::zstd(decompressed),
                 };
                 (header, body)
             }
-            // No header: a client older than 2.1.57 (multipart + gzip).
-            None => self.legacy_request(req, route, limits)?,
+            // No header: a client older than 2.1.57 (multipart + gzip),
+            // whose whole form the official server caps at the payload limit.
+            None => {
+                let limits = BodyLimits {
+                    compressed: self.config.max_body_bytes(),
+                    decompressed,
+                };
+                self.legacy_request(req, route, limits)?
+            }
         };
         seen.version = header.version;
         log.client = Some(header.client.clone());

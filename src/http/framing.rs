@@ -143,6 +143,22 @@ pub struct BodyLimits {
     pub decompressed: u64,
 }
 
+impl BodyLimits {
+    /// The budgets of a v11 (zstd) body. As on the official server, only
+    /// what it decompresses to is limited; the bytes on the wire may be as
+    /// many as a zstd frame of that much content can take (stored blocks
+    /// add 3 bytes per 128 KiB, the frame a few more), so a body that
+    /// compresses badly is never refused for that alone.
+    pub fn zstd(decompressed: u64) -> BodyLimits {
+        BodyLimits {
+            compressed: decompressed
+                .saturating_add(decompressed / 1024)
+                .saturating_add(64 * 1024),
+            decompressed,
+        }
+    }
+}
+
 /// Wraps a raw v11 body in: compressed budget → zstd decoder (first frame
 /// only, bounded window) → decompressed budget. Nothing is buffered beyond
 /// the decoder's window.
@@ -287,6 +303,31 @@ mod tests {
         match decode(&body, limits) {
             Err(FramingError::TooLarge(l)) => assert_eq!(l.what, "request body"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 13, conformance 1: a body that does not compress at all is
+    /// taken up to the decompressed limit, whatever its size on the wire
+    /// (we used to refuse it past a third of that).
+    #[test]
+    fn incompressible_bodies_are_limited_only_by_their_content() {
+        let mut x: u32 = 7;
+        let noise: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let limits = BodyLimits::zstd(noise.len() as u64);
+        let body = zstd::encode_all(&noise[..], 1).unwrap();
+        assert!(body.len() > noise.len(), "{} bytes", body.len());
+        assert_eq!(decode(&body, limits).unwrap().len(), noise.len());
+        let one_more = zstd::encode_all(&[&noise[..], b"x"].concat()[..], 1).unwrap();
+        match decode(&one_more, limits) {
+            Err(FramingError::TooLarge(l)) => assert_eq!(l.what, "decompressed payload"),
+            other => panic!("{:?}", other.map(|v| v.len())),
         }
     }
 

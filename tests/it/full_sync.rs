@@ -312,3 +312,64 @@ fn assert_same_content(a: &Value, b: &Value) {
         panic!("{section} differs:\nA: {value_a}\nB: {value_b}");
     }
 }
+
+/// Issue 13, conformance 1: as on the official server, a full upload is
+/// limited by what it decompresses to (3 × `MAX_SYNC_PAYLOAD_MEGS`), not by
+/// its size on the wire. A collection that compresses badly, over 1 and
+/// under 3 times the setting, goes up and comes down (we used to answer
+/// "collection exceeds size limit"); one over 3 times is refused.
+#[test]
+fn a_collection_that_compresses_badly_is_taken_up_to_three_times_the_limit() {
+    let server = Server::start(USERS, &[("MAX_SYNC_PAYLOAD_MEGS", "1")]);
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a.anki2");
+    let b = dir.path().join("b.anki2");
+    let user = account(&server, "user", "pass");
+    client_ok(&["make", "--path", path_str(&a), "--notes", "3"]);
+    let note = |path: &Path, chars: &str, seed: &str| {
+        client_ok(&[
+            "run",
+            "--path",
+            path_str(path),
+            "--script",
+            "noise_note",
+            "--arg",
+            &format!("chars={chars}"),
+            "--arg",
+            &format!("seed={seed}"),
+        ])
+    };
+    // About 1.4 MiB once zstd has done what it can, 2.1 MiB as a file.
+    let added = note(&a, "1800000", "1");
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!((1 << 20..3 << 20).contains(&size), "{size} bytes");
+    assert_eq!(user.sync(&a), "FULL_UPLOAD");
+    user.run("full-upload", Some(&a))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(user.sync(&b), "FULL_DOWNLOAD");
+    user.run("full-download", Some(&b))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let front = client_ok(&[
+        "run",
+        "--path",
+        path_str(&b),
+        "--script",
+        "field_of",
+        "--arg",
+        &format!("nid={}", added["nid"]),
+        "--arg",
+        "ord=1",
+    ]);
+    assert_eq!(front.as_str().map(str::len), Some(1_800_000));
+
+    // Past three times the setting, the upload is refused and the server
+    // keeps the collection it had.
+    let c = dir.path().join("c.anki2");
+    client_ok(&["make", "--path", path_str(&c), "--notes", "3"]);
+    note(&c, "3400000", "2");
+    let err = user
+        .run("full-upload", Some(&c))
+        .expect_err("an upload over 3 MiB decompressed");
+    assert!(err.stderr.contains("size limit"), "{err}");
+    assert_eq!(user.sync(&b), "NO_CHANGES");
+}

@@ -243,3 +243,25 @@ fn five_hundred_files_go_up_and_come_down_intact() {
         peak_rss_kib(&server)
     );
 }
+
+/// Issue 13, conformance 1: as on the official server, only what a media
+/// upload decompresses to is limited (3 × `MAX_SYNC_PAYLOAD_MEGS`), not its
+/// size on the wire. A file that does not compress, between 1 and 3 times
+/// the setting, goes up and comes down (we used to answer 400 to every
+/// media sync that carried it).
+#[test]
+fn media_that_compresses_badly_is_taken_up_to_three_times_the_limit() {
+    let server = Server::start(&[(USER, PASSWORD)], &[("MAX_SYNC_PAYLOAD_MEGS", "1")]);
+    let a = Device::new();
+    let b = Device::new();
+    let given = vec![
+        ("video.mp4".to_string(), noise(7, 2_200_000)),
+        ("small.txt".to_string(), b"a small file beside it".to_vec()),
+    ];
+    a.add(&given);
+    let files: BTreeMap<String, Vec<u8>> = given.into_iter().collect();
+    a.sync(&server, false);
+    assert_server_holds(&server, &files);
+    b.sync(&server, true);
+    assert_eq!(b.listing(), expected(&files));
+}
