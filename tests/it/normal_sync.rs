@@ -321,3 +321,41 @@ fn start_unburies_the_server_copy_once_the_day_rolled_over() {
         );
     }
 }
+
+/// Issue 13, conformance 2: a step that fails because of what the client
+/// sent is the client's fault (400, "check database"), not ours (500,
+/// "server error"), as on the official server. Here a notetype arrives with
+/// two fields whose names differ only in case, which the collection's
+/// unique index refuses. The server's copy is left as it was.
+#[test]
+fn a_step_refused_for_the_clients_data_asks_for_a_database_check() {
+    with_devices(5, |account, d| {
+        let names = run(&d.a, "fields_differing_in_case", &[]);
+        assert_eq!(names, serde_json::json!(["Front", "front"]));
+        let err = account
+            .run("sync", Some(&d.a))
+            .expect_err("a sync sending a notetype the index refuses");
+        // The client's text for a 400 (a 500 says the server has a problem).
+        let message = err.report.as_ref().and_then(|r| r["message"].as_str());
+        assert!(
+            message.is_some_and(|m| m.contains("Check Database")),
+            "{err}"
+        );
+        // Nothing of it was kept: B still sees Basic as it was.
+        assert_eq!(account.sync(&d.b), "NO_CHANGES");
+        let db = dump(&d.b);
+        let basic = db["notetypes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "Basic")
+            .unwrap();
+        let fields: Vec<&str> = basic["flds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["Front", "Back"]);
+    });
+}
