@@ -253,6 +253,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         users,
         store,
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
+        recent: Default::default(),
     };
     http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
 }

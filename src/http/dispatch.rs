@@ -40,6 +40,8 @@ const UNAUTHENTICATED_DRAIN: u64 = PRE_READ_BODY;
 /// A request as the dispatch sees it.
 pub struct Incoming<'r> {
     pub verb: Verb,
+    /// The client's address as logged (see `SYNC_IP_HEADER`).
+    pub client: &'r str,
     /// Path and query, as sent.
     pub url: &'r str,
     /// Name and value of every header, in order.
@@ -127,6 +129,9 @@ impl Service {
             authenticated: false,
         };
         let result = self.process(&mut req, &mut log, &mut seen, scope);
+        if seen.authenticated {
+            self.recent.mark(req.client);
+        }
         let complete = match &result {
             Err(e) if !e.body_is_drainable() => false,
             _ if seen.authenticated || body_was_pre_read(&req) => drain(req.body, MAX_DRAIN),

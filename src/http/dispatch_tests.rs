@@ -35,6 +35,7 @@ pub(crate) fn service_with(base: &Path, extra: &[(&str, &str)]) -> Service {
         users,
         store,
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
+        recent: Default::default(),
     }
 }
 
@@ -86,6 +87,18 @@ pub(crate) fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Got {
+    send_from(service, "192.0.2.1", verb, url, headers, body)
+}
+
+/// Like [`send`], from the client address `client`.
+pub(crate) fn send_from(
+    service: &Service,
+    client: &str,
+    verb: Verb,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Got {
     let mut headers: Vec<(String, String)> = headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -99,6 +112,7 @@ pub(crate) fn send(
     let answer = service.dispatch(
         Incoming {
             verb,
+            client,
             url,
             headers: &headers,
             body: &mut reader,
@@ -485,4 +499,92 @@ fn one_user_runs_a_bounded_number_of_uploads_at_once() {
         call(&s, "/sync/upload", "s", &[7u8; 10_000]).payload(),
         corrupt
     );
+}
+
+/// A legacy (pre-2.1.57) form: `fields` in order, `data` where `data_at`
+/// says (the Python client sent it last, the Rust one first).
+fn legacy_form(fields: &[(&str, &str)], data: &[u8], data_first: bool) -> Vec<u8> {
+    let b = "Anki-sync-boundary";
+    let data_part = |out: &mut Vec<u8>| {
+        out.extend_from_slice(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"data\"\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    };
+    let mut out = Vec::new();
+    if data_first {
+        data_part(&mut out);
+    }
+    for (name, value) in fields {
+        out.extend_from_slice(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    if !data_first {
+        data_part(&mut out);
+    }
+    out.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    out
+}
+
+const FORM_TYPE: &str = "multipart/form-data; boundary=Anki-sync-boundary";
+
+/// Issue 14, item 7: a legacy form's data is not stored before its key is
+/// known. An unknown key sent before the data keeps it in memory, up to
+/// 256 KiB (refused there, the rest unread, nothing written); data sent
+/// before its key (as 2.1.56 does) stays in memory the same way, unless the
+/// client's address authenticated lately. (Before, the whole form went to
+/// `.spill` first.)
+#[test]
+fn legacy_form_data_waits_for_its_key() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let spill = base.path().join(crate::layout::SPILL_DIR);
+    let big = [7u8; 1 << 20];
+    let headers = [("Content-Type", FORM_TYPE)];
+    // The Python client's order: the key first.
+    let form = legacy_form(&[("k", "0000"), ("c", "0")], &big, false);
+    let r = send(&s, Verb::Post, "/sync/upload", &headers, &form);
+    assert_eq!((r.status, r.close), (400, true), "{:?}", r.log);
+    assert!(
+        r.unread > big.len() / 2,
+        "{} of the form read",
+        form.len() - r.unread
+    );
+    assert!(!spill.exists());
+    // 2.1.56's order, data first, from an address never seen: refused at
+    // 256 KiB, in memory.
+    let mut meta = br#"{"v":10,"cv":"ankidesktop,2.1.56"}"#.to_vec();
+    meta.splice(1..1, std::iter::repeat_n(b' ', 300 * 1024));
+    let form = legacy_form(&[("c", "0"), ("k", HKEY)], &meta, true);
+    let r = send_from(
+        &s,
+        "198.51.100.7",
+        Verb::Post,
+        "/sync/meta",
+        &headers,
+        &form,
+    );
+    assert_eq!(r.status, 400, "{:?}", r.log);
+    assert!(
+        r.log.cause.as_deref().unwrap().contains("262144"),
+        "{:?}",
+        r.log
+    );
+    assert!(!spill.exists());
+    // The same form from an address that just logged in goes through.
+    call(&s, "/sync/meta", "s", br#"{"v":11,"cv":"x"}"#).payload();
+    let r = send(&s, Verb::Post, "/sync/meta", &headers, &form);
+    assert_eq!(r.status, 200, "{:?}", r.log);
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["cont"], true);
+    // A good key first lifts the limit whatever the address.
+    let form = legacy_form(&[("k", HKEY), ("c", "0")], &meta, false);
+    let r = send_from(&s, "203.0.113.9", Verb::Post, "/sync/meta", &headers, &form);
+    assert_eq!(r.status, 200, "{:?}", r.log);
 }

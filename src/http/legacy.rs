@@ -9,7 +9,7 @@ use super::framing::{BodyLimits, SyncHeader};
 use super::multipart;
 use super::route::{MediaMethod, Route, Verb};
 use super::service::Service;
-use super::spill::Spill;
+use super::spill::{self, Spill};
 use crate::layout::SPILL_DIR;
 use crate::protocol::LEGACY_VERSION;
 
@@ -43,11 +43,32 @@ impl Service {
         }
         let boundary = multipart::boundary(req.header("Content-Type").unwrap_or_default())?;
         let mut data = Spill::new(&self.config.base.join(SPILL_DIR));
+        // Data that comes before a known key stays in memory, unless the
+        // address authenticated lately (a legacy client sends its key last).
+        let unauthenticated = if self.recent.vouched(req.client) {
+            limits.compressed
+        } else {
+            spill::MEMORY_LIMIT as u64
+        };
         let form_limits = multipart::FormLimits {
             body: limits.compressed,
-            data: limits.compressed,
+            data: unauthenticated.min(limits.compressed),
         };
-        let form = multipart::read_form(&mut *req.body, &boundary, &mut data, form_limits)?;
+        let users = self.users.current();
+        // A good key before the data lifts the limit; an unknown one keeps
+        // the data in memory (it may not be the last `k`, which wins, as
+        // upstream; the final key is checked after the form).
+        let mut gate = |key: &str| match users.by_hkey(key) {
+            Ok(_) => limits.compressed,
+            Err(_) => (spill::MEMORY_LIMIT as u64).min(limits.compressed),
+        };
+        let form = multipart::read_form_gated(
+            &mut *req.body,
+            &boundary,
+            &mut data,
+            form_limits,
+            &mut gate,
+        )?;
         header.hkey = form.hkey().unwrap_or_default().to_string();
         header.session = form.s.clone().unwrap_or_default();
         header.client = form.v.clone().unwrap_or_default();

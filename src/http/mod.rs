@@ -19,6 +19,7 @@ pub mod limit;
 mod media_handlers;
 pub mod multipart;
 pub mod park;
+pub mod recent;
 mod reply;
 pub mod route;
 pub mod server;

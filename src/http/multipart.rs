@@ -187,6 +187,20 @@ pub fn read_form<R: Read>(
     data_sink: &mut dyn Write,
     limits: FormLimits,
 ) -> Result<LegacyForm, MultipartError> {
+    read_form_gated(body, boundary, data_sink, limits, &mut |_| limits.data)
+}
+
+/// Like [`read_form`], asking `gate` for the `data` part's budget when a
+/// host key (`k` or `sk`) arrives before it: a client that sends its key
+/// first (the Python client) is known before its data is stored anywhere,
+/// and an unknown key can keep the data small and in memory.
+pub fn read_form_gated<R: Read>(
+    body: R,
+    boundary: &str,
+    data_sink: &mut dyn Write,
+    mut limits: FormLimits,
+    gate: &mut dyn FnMut(&str) -> u64,
+) -> Result<LegacyForm, MultipartError> {
     check_boundary(boundary)?;
     let mut scanner = Scanner::new(
         LimitReader::new(body, limits.body, "request body"),
@@ -254,6 +268,9 @@ pub fn read_form<R: Read>(
         })?;
         let value = String::from_utf8(value)
             .map_err(|_| MultipartError::Malformed(format!("field {name:?} is not UTF-8")))?;
+        if (name == "k" || name == "sk") && !seen_data {
+            limits.data = gate(&value);
+        }
         *slot = Some(value);
     }
     data_sink.flush().map_err(MultipartError::Storage)?;

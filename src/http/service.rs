@@ -11,6 +11,7 @@ use log::{debug, error, info, warn};
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::dispatch::{Counted, Incoming, LogFields, Scope};
+use super::recent::RecentClients;
 use super::route::{Route, Verb};
 use crate::auth::live::LiveUsers;
 use crate::budget::MemoryBudget;
@@ -25,6 +26,9 @@ pub struct Service {
     pub store: UserStore,
     /// The memory all requests may use for decoded JSON bodies.
     pub budget: MemoryBudget,
+    /// Addresses that authenticated lately (how much legacy form data may
+    /// come before its key).
+    pub recent: RecentClients,
 }
 
 impl Service {
@@ -37,7 +41,7 @@ impl Service {
         let received = Cell::new(0u64);
         let scope = Scope::default();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.respond(request, &received, &scope)
+            self.respond(request, &ip, &received, &scope)
         }));
         let (status, log) = match result {
             Ok(outcome) => outcome,
@@ -69,6 +73,7 @@ impl Service {
     fn respond(
         &self,
         mut request: Request,
+        ip: &str,
         received: &Cell<u64>,
         scope: &Scope,
     ) -> (u16, LogFields) {
@@ -91,6 +96,7 @@ impl Service {
             };
             let incoming = Incoming {
                 verb,
+                client: ip,
                 url: &url,
                 headers: &headers,
                 body: &mut body,
