@@ -18,6 +18,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod logger;
 pub mod media;
+pub mod metrics;
 pub mod migrate;
 pub mod notify;
 pub mod service_env;

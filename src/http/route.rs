@@ -79,6 +79,8 @@ pub enum Route {
     /// `GET /`: a short page for people who open the address in a browser.
     Index,
     Health,
+    /// `GET /metrics`: counters for Prometheus, answered only when switched on.
+    Metrics,
     Sync(SyncMethod),
     Media(MediaMethod),
 }
@@ -88,6 +90,7 @@ impl fmt::Display for Route {
         match self {
             Route::Index => f.write_str("/"),
             Route::Health => f.write_str("/health"),
+            Route::Metrics => f.write_str("/metrics"),
             Route::Sync(m) => write!(f, "/sync/{}", m.name()),
             Route::Media(m) => write!(f, "/msync/{}", m.name()),
         }
@@ -132,6 +135,10 @@ pub fn route(verb: Verb, url: &str, base_path: &str) -> Result<Route, RouteError
         },
         ["health"] => match verb {
             Verb::Get | Verb::Head => Ok(Route::Health),
+            _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
+        },
+        ["metrics"] => match verb {
+            Verb::Get | Verb::Head => Ok(Route::Metrics),
             _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
         },
         ["sync", name] => {
@@ -197,6 +204,15 @@ mod tests {
         assert_eq!(route(Verb::Head, "/health", "/"), Ok(Route::Health));
         assert_eq!(
             route(Verb::Post, "/health", "/"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(
+            route(Verb::Get, "/anki/metrics", "/anki/"),
+            Ok(Route::Metrics)
+        );
+        assert_eq!(Route::Metrics.to_string(), "/metrics");
+        assert_eq!(
+            route(Verb::Post, "/metrics", "/"),
             Err(RouteError::MethodNotAllowed("GET, HEAD"))
         );
         assert_eq!(

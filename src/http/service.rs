@@ -17,7 +17,7 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 use super::error::HandlerError;
 use super::framing::{self, BodyLimits, FramingError, SYNC_VERSION_ZSTD, SyncHeader};
 use super::multipart::{self, LegacyForm};
-use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
+use super::route::{MediaMethod, Route, RouteError, SyncMethod, Verb, route};
 use super::spill::Spill;
 use crate::auth::Users;
 use crate::auth::live::LiveUsers;
@@ -34,6 +34,7 @@ use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::state;
 use crate::collection::unbury;
 use crate::config::Config;
+use crate::metrics::{self, Metrics, SyncKind};
 use crate::user::{UserSlot, UserStore, now_millis};
 
 /// Everything a worker needs; shared by all workers.
@@ -44,6 +45,8 @@ pub struct Service {
     pub store: UserStore,
     /// The memory all requests may use for decoded JSON bodies.
     pub budget: MemoryBudget,
+    /// Counters for `/metrics`, kept whether or not the page is served.
+    pub metrics: Metrics,
 }
 
 /// A successful answer, before encoding.
@@ -52,6 +55,8 @@ pub(super) enum Reply<'s> {
     Empty,
     /// `/`: a plain-text page for people, never compressed.
     Page(String),
+    /// `/metrics`: the Prometheus text format, never compressed.
+    Metrics(String),
     Bytes(Vec<u8>),
     /// A file streamed from disk. `_hold` (typically a user's lock guard)
     /// lives until the last byte is sent, so nothing writes to the file
@@ -108,6 +113,7 @@ impl Service {
             Ok(outcome) => outcome,
             Err(_) => (500, 0, Some("handler panicked".to_string())),
         };
+        self.count(fields.route, status, received.get(), sent);
         let ms = started.elapsed().as_millis();
         let what = fields.route.map(|r| r.to_string()).unwrap_or(url);
         let line = format!(
@@ -186,6 +192,12 @@ impl Service {
         if route == Route::Index {
             return Ok(Reply::Page(self.index_page(request)));
         }
+        if route == Route::Metrics {
+            return match self.config.metrics {
+                true => Ok(Reply::Metrics(self.metrics.render())),
+                false => Err(RouteError::NotFound.into()),
+            };
+        }
         let limits = BodyLimits {
             compressed: self.config.max_body_bytes(),
             decompressed: match route {
@@ -234,7 +246,7 @@ impl Service {
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
             Route::Media(method) => self.media(method, &header, &mut body, slot),
-            Route::Health | Route::Index => Ok(Reply::Empty),
+            Route::Health | Route::Index | Route::Metrics => Ok(Reply::Empty),
         }
     }
 
@@ -548,6 +560,24 @@ impl Service {
         page
     }
 
+    /// A request's share of the counters: its route and status, its bytes,
+    /// and what a successful (or refused) answer of its route means.
+    fn count(&self, route: Option<Route>, status: u16, received: u64, sent: u64) {
+        let m = &self.metrics;
+        let label = route.map_or_else(|| metrics::UNMATCHED.to_string(), |r| r.to_string());
+        m.request(&label, status, received, sent);
+        match (route, status) {
+            (Some(Route::Sync(SyncMethod::Upload)), 200) => m.sync_done(SyncKind::FullUpload),
+            (Some(Route::Sync(SyncMethod::Download)), 200) => m.sync_done(SyncKind::FullDownload),
+            // A normal sync that exchanged changes ends with `finish`.
+            (Some(Route::Sync(SyncMethod::Finish)), 200) => m.sync_done(SyncKind::Normal),
+            // Every media sync begins so; one with nothing to do ends there.
+            (Some(Route::Media(MediaMethod::Begin)), 200) => m.sync_done(SyncKind::Media),
+            (Some(Route::Sync(SyncMethod::HostKey)), 403) => m.failed_login(),
+            _ => {}
+        }
+    }
+
     fn client_ip(&self, request: &Request) -> String {
         let peer = request
             .remote_addr()
@@ -759,6 +789,9 @@ fn send_reply(request: Request, reply: Reply<'_>, version: u8) -> (u16, u64) {
         Reply::Page(text) => request.respond(
             Response::from_string(text)
                 .with_header(header("Content-Type", "text/plain; charset=utf-8")),
+        ),
+        Reply::Metrics(text) => request.respond(
+            Response::from_string(text).with_header(header("Content-Type", metrics::CONTENT_TYPE)),
         ),
         Reply::Bytes(bytes) => {
             let len = bytes.len() as u64;
