@@ -30,7 +30,6 @@ the release has:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 import os
@@ -55,6 +54,10 @@ os.environ["SYNC_ENDPOINT"] = BASE + "sync/"
 os.environ["SYNC_ENDPOINT_MEDIA"] = BASE + "msync/"
 
 import anki  # noqa: E402
+
+# The test drivers' helpers that work with every release (Python 3.8 too).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "client"))
+from driver_common import media_listing  # noqa: E402
 
 try:
     from anki.collection import Collection  # 2.1.28 and later
@@ -123,14 +126,7 @@ def content(col) -> dict:
 
 
 def media_files(col) -> dict:
-    folder = col.media.dir()
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                out[name] = hashlib.sha1(f.read()).hexdigest()
-    return out
+    return media_listing(col.media.dir())
 
 
 def difference(a: dict, b: dict) -> str | None:
