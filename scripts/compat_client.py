@@ -33,6 +33,7 @@ import argparse
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -104,11 +105,12 @@ def edit_first_note(col, back: str) -> None:
 
 
 def add_media(col, name: str, data: bytes) -> str:
-    src = os.path.join(tempfile.mkdtemp(), name)
-    with open(src, "wb") as f:
-        f.write(data)
-    media = col.media
-    return media.add_file(src) if hasattr(media, "add_file") else media.addFile(src)
+    with tempfile.TemporaryDirectory() as folder:
+        src = os.path.join(folder, name)
+        with open(src, "wb") as f:
+            f.write(data)
+        media = col.media  # (which copies the file into the media folder)
+        return media.add_file(src) if hasattr(media, "add_file") else media.addFile(src)
 
 
 def content(col) -> dict:
@@ -277,6 +279,13 @@ class Client:
 
 def main() -> int:
     tmp = tempfile.mkdtemp(prefix="compat-")
+    try:
+        return scenario(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scenario(tmp: str) -> int:
     path_a = os.path.join(tmp, "a", "collection.anki2")
     path_b = os.path.join(tmp, "b", "collection.anki2")
     os.makedirs(os.path.dirname(path_a))
