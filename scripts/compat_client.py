@@ -30,10 +30,10 @@ the release has:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,6 +55,10 @@ os.environ["SYNC_ENDPOINT"] = BASE + "sync/"
 os.environ["SYNC_ENDPOINT_MEDIA"] = BASE + "msync/"
 
 import anki  # noqa: E402
+
+# The test drivers' helpers that work with every release (Python 3.8 too).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "client"))
+from driver_common import media_listing  # noqa: E402
 
 try:
     from anki.collection import Collection  # 2.1.28 and later
@@ -101,11 +105,12 @@ def edit_first_note(col, back: str) -> None:
 
 
 def add_media(col, name: str, data: bytes) -> str:
-    src = os.path.join(tempfile.mkdtemp(), name)
-    with open(src, "wb") as f:
-        f.write(data)
-    media = col.media
-    return media.add_file(src) if hasattr(media, "add_file") else media.addFile(src)
+    with tempfile.TemporaryDirectory() as folder:
+        src = os.path.join(folder, name)
+        with open(src, "wb") as f:
+            f.write(data)
+        media = col.media  # (which copies the file into the media folder)
+        return media.add_file(src) if hasattr(media, "add_file") else media.addFile(src)
 
 
 def content(col) -> dict:
@@ -123,14 +128,7 @@ def content(col) -> dict:
 
 
 def media_files(col) -> dict:
-    folder = col.media.dir()
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                out[name] = hashlib.sha1(f.read()).hexdigest()
-    return out
+    return media_listing(col.media.dir())
 
 
 def difference(a: dict, b: dict) -> str | None:
@@ -281,6 +279,13 @@ class Client:
 
 def main() -> int:
     tmp = tempfile.mkdtemp(prefix="compat-")
+    try:
+        return scenario(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scenario(tmp: str) -> int:
     path_a = os.path.join(tmp, "a", "collection.anki2")
     path_b = os.path.join(tmp, "b", "collection.anki2")
     os.makedirs(os.path.dirname(path_a))

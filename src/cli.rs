@@ -154,6 +154,11 @@ pub const SETTINGS: &[Setting] = &[
         "8",
         "collection backups kept per user (0: none)",
     ),
+    setting(
+        "SYNC_METRICS",
+        "off",
+        "1 serves GET /metrics (Prometheus text; no user names, no password)",
+    ),
     flagged(
         "RUST_LOG",
         ("--log-level", "LEVEL"),

@@ -95,6 +95,8 @@ pub struct Config {
     pub timeout_secs: u64,
     /// `SYNC_BACKUPS`: backups kept per user; 0 makes none.
     pub backups: usize,
+    /// `SYNC_METRICS`: serve `GET /metrics` (off unless switched on).
+    pub metrics: bool,
     pub log_level: log::LevelFilter,
 }
 
@@ -203,6 +205,7 @@ impl Config {
         if backups > 1000 {
             return Err(err("SYNC_BACKUPS must be between 0 and 1000"));
         }
+        let metrics = parse_switch(env, "SYNC_METRICS")?;
         let log_level = match env.get("RUST_LOG") {
             Some(v) => parse_level(v)?,
             None => log::LevelFilter::Info,
@@ -225,6 +228,7 @@ impl Config {
             idle_close_secs,
             timeout_secs,
             backups,
+            metrics,
             log_level,
         })
     }
@@ -352,6 +356,20 @@ fn parse_num<T: std::str::FromStr>(
             .trim()
             .parse()
             .map_err(|_| err(format!("{var} must be a whole number, not {v:?}"))),
+    }
+}
+
+/// An on/off setting: unset or empty is off; anything but the usual
+/// spellings is an error rather than a guess.
+fn parse_switch(env: &HashMap<String, String>, var: &str) -> Result<bool, ConfigError> {
+    let value = env.get(var).map(|v| v.trim().to_ascii_lowercase());
+    match value.as_deref() {
+        None | Some("" | "0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(_) => Err(err(format!(
+            "{var} must be 1, true, yes or on (or 0, false, no, off), not {:?}",
+            env[var]
+        ))),
     }
 }
 
@@ -522,6 +540,27 @@ mod tests {
         assert_eq!(set.unwrap().max_connections_per_ip, 3);
         let e = with(&[("SYNC_MAX_CONNECTIONS_PER_IP", "0")]).unwrap_err();
         assert!(e.0.contains("SYNC_MAX_CONNECTIONS_PER_IP"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_switched_on() {
+        let base = [("SYNC_USER1", "a:b"), ("HOME", "/h")];
+        let with = |value: Option<&str>| {
+            let mut e = env(&base);
+            if let Some(value) = value {
+                e.insert("SYNC_METRICS".into(), value.into());
+            }
+            Config::from_env(&e).map(|c| c.metrics)
+        };
+        assert_eq!(with(None), Ok(false));
+        for off in ["", "0", "false", "No", "off"] {
+            assert_eq!(with(Some(off)), Ok(false), "{off:?}");
+        }
+        for on in ["1", "true", "YES", " on "] {
+            assert_eq!(with(Some(on)), Ok(true), "{on:?}");
+        }
+        let e = with(Some("enabled")).unwrap_err();
+        assert!(e.0.starts_with("SYNC_METRICS must be"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use anki_sync_lite::cli::{self, BackupCommand, Command};
 use anki_sync_lite::config::Config;
 use anki_sync_lite::healthcheck;
 use anki_sync_lite::http::{self, Service};
+use anki_sync_lite::metrics::Metrics;
 use anki_sync_lite::migrate;
 use anki_sync_lite::user::UserStore;
 use anki_sync_lite::{notify, service_env, version};
@@ -254,6 +255,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         store,
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
         recent: Default::default(),
+        metrics: Metrics::default(),
     };
     http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
 }

@@ -14,7 +14,7 @@ use super::body::{Body, SMALL_JSON_LIMIT, Source, carries_small_json};
 use super::error::HandlerError;
 use super::framing::{BodyLimits, SyncHeader};
 use super::reply::{self, Reply};
-use super::route::{Route, Verb, route};
+use super::route::{Route, RouteError, Verb, route};
 use super::service::Service;
 use crate::auth::Users;
 use crate::error::OrSyncError;
@@ -172,6 +172,12 @@ impl Service {
         if route == Route::Index {
             return Ok(Reply::Page(self.index_page(req)));
         }
+        if route == Route::Metrics {
+            return match self.config.metrics {
+                true => Ok(Reply::Metrics(self.metrics.render())),
+                false => Err(RouteError::NotFound.into()),
+            };
+        }
         let decompressed = match route {
             Route::HostKey => SMALL_JSON_LIMIT,
             Route::Sync(m) if carries_small_json(m) => SMALL_JSON_LIMIT,
@@ -222,7 +228,7 @@ impl Service {
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
             Route::Media(method) => self.media(method, &header, &mut body, slot),
-            Route::Health | Route::Index | Route::HostKey => Ok(Reply::Empty),
+            Route::Health | Route::Index | Route::Metrics | Route::HostKey => Ok(Reply::Empty),
         }
     }
 

@@ -36,6 +36,7 @@ pub(crate) fn service_with(base: &Path, extra: &[(&str, &str)]) -> Service {
         store,
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
         recent: Default::default(),
+        metrics: Default::default(),
     }
 }
 

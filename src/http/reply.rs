@@ -18,6 +18,8 @@ pub(super) enum Reply<'s> {
     Empty,
     /// `/`: a plain-text page for people, never compressed.
     Page(String),
+    /// `/metrics`: the Prometheus text format, never compressed.
+    Metrics(String),
     Bytes(Vec<u8>),
     /// A file streamed from disk. `_hold` (typically a user's lock guard)
     /// lives until the last byte is sent, so nothing writes to the file
@@ -52,6 +54,14 @@ pub(super) fn encode<'s>(reply: Reply<'s>, version: u8) -> Result<Answer<'s>, Ha
             let len = text.len() as u64;
             (
                 vec![("Content-Type", "text/plain; charset=utf-8".to_string())],
+                Box::new(Cursor::new(text.into_bytes())),
+                Some(len),
+            )
+        }
+        Reply::Metrics(text) => {
+            let len = text.len() as u64;
+            (
+                vec![("Content-Type", crate::metrics::CONTENT_TYPE.to_string())],
                 Box::new(Cursor::new(text.into_bytes())),
                 Some(len),
             )

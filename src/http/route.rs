@@ -94,6 +94,8 @@ pub enum Route {
     Health,
     /// `/sync/hostKey`: login, the one request answered before authentication.
     HostKey,
+    /// `GET /metrics`: counters for Prometheus, answered only when switched on.
+    Metrics,
     Sync(SyncMethod),
     Media(MediaMethod),
 }
@@ -104,6 +106,7 @@ impl fmt::Display for Route {
             Route::Index => f.write_str("/"),
             Route::Health => f.write_str("/health"),
             Route::HostKey => f.write_str("/sync/hostKey"),
+            Route::Metrics => f.write_str("/metrics"),
             Route::Sync(m) => write!(f, "/sync/{}", m.name()),
             Route::Media(m) => write!(f, "/msync/{}", m.name()),
         }
@@ -154,6 +157,10 @@ pub fn route(verb: Verb, url: &str, base_path: &str) -> Result<Route, RouteError
             require_post(verb)?;
             Ok(Route::HostKey)
         }
+        ["metrics"] => match verb {
+            Verb::Get | Verb::Head => Ok(Route::Metrics),
+            _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
+        },
         ["sync", name] => {
             let method = find(&SyncMethod::ALL, name)?;
             require_post(verb)?;
@@ -219,6 +226,15 @@ mod tests {
         assert_eq!(route(Verb::Head, "/health", "/"), Ok(Route::Health));
         assert_eq!(
             route(Verb::Post, "/health", "/"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(
+            route(Verb::Get, "/anki/metrics", "/anki/"),
+            Ok(Route::Metrics)
+        );
+        assert_eq!(Route::Metrics.to_string(), "/metrics");
+        assert_eq!(
+            route(Verb::Post, "/metrics", "/"),
             Err(RouteError::MethodNotAllowed("GET, HEAD"))
         );
         assert_eq!(

@@ -80,7 +80,15 @@ pub fn run(
     let idle = Duration::from_secs(service.config.idle_close_secs);
     let mut last_sweep = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
-        match server.recv_timeout(TICK) {
+        let received = server.recv_timeout(TICK);
+        // Counted before the request reaches a worker, so a scrape sees
+        // its own connection.
+        if service.config.metrics {
+            service
+                .metrics
+                .set_open_connections(server.open_connections());
+        }
+        match received {
             Ok(Some(request)) => {
                 if tx.send(request).is_err() {
                     error!("all workers have stopped");

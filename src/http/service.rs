@@ -12,10 +12,11 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::dispatch::{Counted, Incoming, LogFields, Scope};
 use super::recent::RecentClients;
-use super::route::{Route, Verb};
+use super::route::{MediaMethod, Route, SyncMethod, Verb};
 use crate::auth::live::LiveUsers;
 use crate::budget::MemoryBudget;
 use crate::config::Config;
+use crate::metrics::{self, Metrics, SyncKind};
 use crate::user::UserStore;
 
 /// Everything a worker needs; shared by all workers.
@@ -29,6 +30,8 @@ pub struct Service {
     /// Addresses that authenticated lately (how much legacy form data may
     /// come before its key).
     pub recent: RecentClients,
+    /// Counters for `/metrics`, kept whether or not the page is served.
+    pub metrics: Metrics,
 }
 
 impl Service {
@@ -59,6 +62,7 @@ impl Service {
             sent: scope.sent(),
             ms: started.elapsed().as_millis(),
         };
+        self.count(log.route, &figures);
         let line = log_line(&ip, &url, &log, &figures);
         match (log.route, status) {
             (Some(Route::Health | Route::Index), 200) => debug!("{line}"),
@@ -120,6 +124,25 @@ impl Service {
                 .get_or_insert(format!("sending the answer failed: {e}"));
         }
         (answer.status, log)
+    }
+
+    /// A request's share of the counters: its route and status, its bytes
+    /// (as its log line gives them), and what a successful (or refused)
+    /// answer of its route means.
+    fn count(&self, route: Option<Route>, n: &Figures) {
+        let m = &self.metrics;
+        let label = route.map_or_else(|| metrics::UNMATCHED.to_string(), |r| r.to_string());
+        m.request(&label, n.status, n.received, n.sent);
+        match (route, n.status) {
+            (Some(Route::Sync(SyncMethod::Upload)), 200) => m.sync_done(SyncKind::FullUpload),
+            (Some(Route::Sync(SyncMethod::Download)), 200) => m.sync_done(SyncKind::FullDownload),
+            // A normal sync that exchanged changes ends with `finish`.
+            (Some(Route::Sync(SyncMethod::Finish)), 200) => m.sync_done(SyncKind::Normal),
+            // Every media sync begins so; one with nothing to do ends there.
+            (Some(Route::Media(MediaMethod::Begin)), 200) => m.sync_done(SyncKind::Media),
+            (Some(Route::HostKey), 403) => m.failed_login(),
+            _ => {}
+        }
     }
 
     fn client_ip(&self, request: &Request) -> String {

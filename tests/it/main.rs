@@ -22,6 +22,7 @@ mod load;
 mod logs;
 mod media_raw;
 mod media_sync;
+mod metrics;
 mod normal_sync;
 mod old_schemas;
 mod operations;
