@@ -3,9 +3,12 @@
 //! replaces the collection and before the first normal sync of each UTC
 //! day, rotated to the newest `SYNC_BACKUPS`.
 //!
-//! Consistency: a snapshot is taken under the user's lock from a closed
-//! collection whose WAL has been checkpointed (TRUNCATE), so the main file
-//! alone is the whole database and nothing can change it while it is read.
+//! Consistency: a snapshot is taken under the user's lock from a collection
+//! whose WAL has been checkpointed (TRUNCATE), so the main file alone is the
+//! whole database, and nothing can change it while it is read: before an
+//! upload or a restore the user's lock keeps everyone out; the daily backup
+//! pins that state with a reader and is read in the background while the
+//! day's first sync writes to the WAL (see [`daily`]).
 //! It is streamed through zstd into a temporary file, fsynced and renamed:
 //! no copy in memory, no uncompressed copy on disk. (`VACUUM INTO` would
 //! write a full-size copy first and rebuild every index: more disk and
@@ -24,9 +27,12 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
+use rusqlite::Connection;
 
 use crate::collection::full;
 use crate::storage;
@@ -135,8 +141,12 @@ pub fn list(user_dir: &Path) -> io::Result<Vec<Backup>> {
 }
 
 /// Backs up the user's collection for `reason`, then rotates. Never fails
-/// the caller: a backup is a safety net, not part of the sync.
+/// the caller: a backup is a safety net, not part of the sync. Waits for a
+/// daily backup of the same user still being written, so backups never race
+/// for a name or a rotation, and a file about to be replaced is backed up
+/// in turn.
 pub fn take(state: &mut UserState, reason: Reason) {
+    wait_for(state.dir());
     if let Err(e) = snapshot(state, reason, now_millis() / 1000, keep()) {
         warn!(
             "backup ({}) of {} failed: {e}",
@@ -149,21 +159,182 @@ pub fn take(state: &mut UserState, reason: Reason) {
 /// Takes a [`Reason::Daily`] backup unless one of any kind was already
 /// taken today (UTC). Called before a normal sync starts, so the backup
 /// holds the collection as it was before the day's first incoming changes.
+///
+/// The backup is written in the background: a second connection holds a
+/// read transaction on the state before the sync, and a thread compresses
+/// that while the sync goes on (see [`pin`]). The sync waits only for a
+/// checkpoint, not for the whole collection to be read and compressed.
 pub fn daily(state: &mut UserState) {
     if let Err(e) = daily_at(state, now_millis() / 1000, keep()) {
         warn!("daily backup in {} failed: {e}", state.dir().display());
     }
 }
 
-fn daily_at(state: &mut UserState, now_secs: i64, keep: usize) -> io::Result<Option<Backup>> {
-    if keep == 0 {
-        return Ok(None);
+/// What [`daily_at`] did (the server lets the thread run detached; the
+/// tests wait for it).
+#[must_use]
+#[cfg_attr(not(test), allow(dead_code))]
+enum Daily {
+    /// Nothing to do: off, already taken today, or nothing worth keeping.
+    Skipped,
+    /// Taken before returning (a collection not in WAL mode).
+    Taken(Backup),
+    /// Being written by this thread; it returns the backup.
+    Background(JoinHandle<Option<Backup>>),
+}
+
+fn daily_at(state: &mut UserState, now_secs: i64, keep: usize) -> io::Result<Daily> {
+    if keep == 0 || in_flight(state.dir()) {
+        return Ok(Daily::Skipped);
     }
     let newest = list(state.dir())?.into_iter().next();
     if newest.is_some_and(|b| b.secs.div_euclid(DAY_SECS) == now_secs.div_euclid(DAY_SECS)) {
-        return Ok(None);
+        return Ok(Daily::Skipped);
     }
-    snapshot(state, Reason::Daily, now_secs, keep)
+    let pinned = match pin(state)? {
+        Pin::Pinned(pinned) => pinned,
+        Pin::Empty => return Ok(Daily::Skipped),
+        Pin::NotWal => {
+            return Ok(match snapshot(state, Reason::Daily, now_secs, keep)? {
+                Some(backup) => Daily::Taken(backup),
+                None => Daily::Skipped,
+            });
+        }
+    };
+    let dir = state.dir().to_path_buf();
+    let guard = InFlight::start(&dir);
+    let spawned = std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || {
+            let _guard = guard;
+            // One backup is compressed at a time, whoever's it is: each holds
+            // a zstd context of a few MiB.
+            let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+            let Pinned { reader, file } = pinned;
+            let written = write(&dir, file, Reason::Daily, now_secs, keep);
+            // Ends the read transaction: checkpoints may go on.
+            drop(reader);
+            match written {
+                Ok(backup) => Some(backup),
+                Err(e) => {
+                    warn!("daily backup in {} failed: {e}", dir.display());
+                    None
+                }
+            }
+        })?;
+    Ok(Daily::Background(spawned))
+}
+
+/// A collection's state held still for a backup taken while it changes.
+struct Pinned {
+    /// A second connection whose read transaction began when the WAL was
+    /// empty. SQLite never copies WAL frames into the main file while such
+    /// a reader lives (a checkpoint needs the WAL's read lock 0, which this
+    /// reader holds), so the main file stays exactly the pinned state
+    /// whatever the sync writes to the WAL meanwhile.
+    reader: Connection,
+    /// The main file, opened while pinned.
+    file: File,
+}
+
+enum Pin {
+    Pinned(Pinned),
+    /// No notes and no cards: nothing worth a backup.
+    Empty,
+    /// A collection in rollback-journal mode: a reader there would block
+    /// the sync's commit, so it is backed up before the sync instead.
+    NotWal,
+}
+
+/// Folds the WAL into the main file on the user's own connection (under the
+/// user's lock, so nothing writes meanwhile) and pins that state with a
+/// reader on a second connection.
+fn pin(state: &mut UserState) -> io::Result<Pin> {
+    let path = state.collection_path();
+    if !path.exists() {
+        return Ok(Pin::Empty);
+    }
+    // A sync left open would hold a write transaction: the new one rolls it
+    // back anyway.
+    state.abort_sync();
+    let col = state.collection().map_err(io::Error::other)?;
+    let mode: String = col
+        .query_row("pragma journal_mode", [], |r| r.get(0))
+        .map_err(io::Error::other)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(Pin::NotWal);
+    }
+    let busy: i64 = col
+        .query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(io::Error::other)?;
+    if busy != 0 {
+        return Err(io::Error::other("collection busy; checkpoint incomplete"));
+    }
+    let reader = storage::open(&path).map_err(io::Error::other)?;
+    reader.execute_batch("begin").map_err(io::Error::other)?;
+    // The first read starts the read transaction: the pin.
+    let worth_keeping: bool = reader
+        .query_row(
+            "select exists(select 1 from notes) or exists(select 1 from cards)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(true);
+    if !worth_keeping {
+        return Ok(Pin::Empty);
+    }
+    let file = File::open(&path)?;
+    Ok(Pin::Pinned(Pinned { reader, file }))
+}
+
+/// Users' folders whose daily backup is being written in the background.
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Signalled when one of them is done.
+static DONE: Condvar = Condvar::new();
+/// Held while a backup is compressed in the background.
+static WRITING: Mutex<()> = Mutex::new(());
+
+/// Marks a user's background backup as running until dropped (even if its
+/// thread panics).
+struct InFlight(PathBuf);
+
+impl InFlight {
+    fn start(dir: &Path) -> InFlight {
+        let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        running.push(dir.to_path_buf());
+        InFlight(dir.to_path_buf())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = running.iter().position(|d| *d == self.0) {
+            running.swap_remove(i);
+        }
+        DONE.notify_all();
+    }
+}
+
+fn in_flight(dir: &Path) -> bool {
+    let running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    running.iter().any(|d| d == dir)
+}
+
+/// Waits until the user's background backup, if any, is on disk.
+fn wait_for(dir: &Path) {
+    let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    while running.iter().any(|d| d == dir) {
+        running = DONE.wait(running).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Waits until every background backup is on disk (at shutdown).
+pub fn wait_all() {
+    let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    while !running.is_empty() {
+        running = DONE.wait(running).unwrap_or_else(PoisonError::into_inner);
+    }
 }
 
 /// Writes a snapshot of the collection and keeps the newest `keep`.
@@ -187,20 +358,33 @@ fn snapshot(
     if !checkpoint_and_check(&source)? {
         return Ok(None);
     }
+    write(state.dir(), File::open(&source)?, reason, now_secs, keep).map(Some)
+}
+
+/// Compresses `source` (the main file of a collection nothing changes
+/// meanwhile) into the user's backups, then rotates.
+fn write(
+    user_dir: &Path,
+    source: File,
+    reason: Reason,
+    now_secs: i64,
+    keep: usize,
+) -> io::Result<Backup> {
     let clock = Instant::now();
-    let dir = backups_dir(state.dir());
+    let dir = backups_dir(user_dir);
     crate::fsutil::create_dir_all_durable(&dir)?;
     // Two backups in one second (an upload right after a restore): the
     // second takes the next free second, whatever the reasons, so names stay
     // unique and their times keep the order they were taken in.
-    let taken: Vec<i64> = list(state.dir())?.iter().map(|b| b.secs).collect();
+    let taken: Vec<i64> = list(user_dir)?.iter().map(|b| b.secs).collect();
     let mut secs = now_secs;
     while taken.contains(&secs) {
         secs += 1;
     }
     let target = dir.join(file_name(secs, reason));
     let temp = dir.join(format!("tmp-{}-{}.tmp", std::process::id(), now_millis()));
-    let written = compress(&source, &temp).and_then(|size| {
+    let original = source.metadata().map(|m| m.len()).unwrap_or(0);
+    let written = compress(source, &temp).and_then(|size| {
         fs::rename(&temp, &target)?;
         crate::fsutil::sync_dir(&dir)?;
         Ok(size)
@@ -213,7 +397,6 @@ fn snapshot(
         }
     };
     let file = file_name(secs, reason);
-    let original = fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
     info!(
         "backup {} ({} -> {} KiB) in {} ms",
         target.display(),
@@ -225,13 +408,13 @@ fn snapshot(
     if removed > 0 {
         info!("removed {removed} old backup(s) in {}", dir.display());
     }
-    Ok(Some(Backup {
+    Ok(Backup {
         file,
         path: target,
         secs,
         reason,
         size,
-    }))
+    })
 }
 
 /// Folds any WAL into the main file (the collection is closed, so under the
@@ -259,8 +442,8 @@ fn checkpoint_and_check(path: &Path) -> io::Result<bool> {
 
 /// Streams `source` through zstd into a new file at `temp`, fsynced.
 /// Returns the compressed size.
-fn compress(source: &Path, temp: &Path) -> io::Result<u64> {
-    let mut input = BufReader::with_capacity(256 * 1024, File::open(source)?);
+fn compress(source: File, temp: &Path) -> io::Result<u64> {
+    let mut input = BufReader::with_capacity(256 * 1024, source);
     let output = File::options().write(true).create_new(true).open(temp)?;
     let mut encoder = zstd::stream::write::Encoder::new(output, LEVEL)?;
     // A damaged backup is then refused on restore instead of half-restored.
@@ -671,34 +854,148 @@ mod tests {
         assert_eq!(n, 3);
     }
 
+    /// The backup [`daily_at`] took, once it is on disk.
+    fn taken(daily: Daily) -> Option<Backup> {
+        match daily {
+            Daily::Skipped => None,
+            Daily::Taken(backup) => Some(backup),
+            Daily::Background(thread) => thread.join().unwrap(),
+        }
+    }
+
+    /// The notes a backup holds.
+    fn notes_in(backup: &Backup, scratch: &Path) -> i64 {
+        let copy = scratch.join(format!("{}.anki2", backup.file));
+        fs::write(
+            &copy,
+            zstd::decode_all(File::open(&backup.path).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let conn = storage::open(&copy).unwrap();
+        let ok: String = conn
+            .query_row("pragma integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        conn.query_row("select count(*) from notes", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn daily_backups_are_at_most_one_per_utc_day() {
         let (_base, store) = store();
         let slot = store.slot("u").unwrap();
         let mut user = slot.lock();
         fill(&mut user, 2);
-        assert!(daily_at(&mut user, T0, 8).unwrap().is_some());
-        assert!(daily_at(&mut user, T0 + 60, 8).unwrap().is_none());
+        assert!(taken(daily_at(&mut user, T0, 8).unwrap()).is_some());
+        assert!(taken(daily_at(&mut user, T0 + 60, 8).unwrap()).is_none());
         // 23:59:59 the same day, then just after midnight.
         let midnight = (T0 / DAY_SECS + 1) * DAY_SECS;
-        assert!(daily_at(&mut user, midnight - 1, 8).unwrap().is_none());
-        assert!(daily_at(&mut user, midnight, 8).unwrap().is_some());
-        assert!(daily_at(&mut user, midnight + 3600, 8).unwrap().is_none());
+        assert!(taken(daily_at(&mut user, midnight - 1, 8).unwrap()).is_none());
+        assert!(taken(daily_at(&mut user, midnight, 8).unwrap()).is_some());
+        assert!(taken(daily_at(&mut user, midnight + 3600, 8).unwrap()).is_none());
         // Any backup taken that day counts (here one before an upload).
         snapshot(&mut user, Reason::BeforeUpload, midnight + DAY_SECS, 8).unwrap();
-        assert!(
-            daily_at(&mut user, midnight + DAY_SECS + 60, 8)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            daily_at(&mut user, midnight + 5 * DAY_SECS, 0)
-                .unwrap()
-                .is_none()
-        );
+        assert!(taken(daily_at(&mut user, midnight + DAY_SECS + 60, 8).unwrap()).is_none());
+        assert!(taken(daily_at(&mut user, midnight + 5 * DAY_SECS, 0).unwrap()).is_none());
         assert_eq!(list(user.dir()).unwrap().len(), 3);
-        // The sync can carry on: the collection reopens.
+        // The sync can carry on.
         assert_eq!(notes(&mut user), 2);
+    }
+
+    #[test]
+    fn the_daily_backup_holds_the_state_before_the_sync_that_runs_beside_it() {
+        let (base, store) = store();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
+        fill(&mut user, 3000);
+        // The backup thread waits for this until the sync below is done, so
+        // it reads the file after every write and checkpoint of the sync.
+        let hold = WRITING.lock().unwrap();
+        let Daily::Background(thread) = daily_at(&mut user, T0, 8).unwrap() else {
+            panic!("a collection in WAL mode is backed up in the background");
+        };
+        // The sync goes on at once, in its own transaction; with checkpoints
+        // as eager as they can be, any that touched the main file under the
+        // pinning reader would show in the backup.
+        let col = user.collection().unwrap();
+        col.pragma_update(None, "wal_autocheckpoint", 1).unwrap();
+        for round in 0..20 {
+            col.execute_batch("begin immediate").unwrap();
+            col.execute(
+                "update notes set flds = ?1 || flds, usn = -1 where id % 7 = ?2",
+                rusqlite::params!["changed ".repeat(40), round % 7],
+            )
+            .unwrap();
+            col.execute(
+                "insert into notes values (?1, ?2, 1, 0, 0, '', 'new', 'new', 0, 0, '')",
+                rusqlite::params![10_000 + round, format!("new{round}")],
+            )
+            .unwrap();
+            col.execute_batch("commit").unwrap();
+        }
+        // A second sync the same day does not start another.
+        assert!(matches!(
+            daily_at(&mut user, T0 + 5, 8).unwrap(),
+            Daily::Skipped
+        ));
+        drop(hold);
+        let backup = thread.join().unwrap().expect("a backup");
+        assert_eq!(backup.reason, Reason::Daily);
+        assert_eq!(notes_in(&backup, base.path()), 3000);
+        let changed: i64 = user
+            .collection()
+            .unwrap()
+            .query_row(
+                "select count(*) from notes where flds like 'changed%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(changed > 0);
+        assert_eq!(notes(&mut user), 3020);
+        // Once it is on disk, checkpoints reach the main file again.
+        let busy: i64 = user
+            .collection()
+            .unwrap()
+            .query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 0);
+    }
+
+    #[test]
+    fn a_backup_before_an_upload_waits_for_the_daily_one() {
+        let (base, store) = store();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
+        fill(&mut user, 500);
+        let daily = daily_at(&mut user, T0, 8).unwrap();
+        assert!(matches!(daily, Daily::Background(_)));
+        // take() uses the clock: whatever second it is, both are listed.
+        take(&mut user, Reason::BeforeUpload);
+        assert!(!in_flight(user.dir()));
+        let backups = list(user.dir()).unwrap();
+        assert_eq!(backups.len(), 2);
+        for backup in &backups {
+            assert_eq!(notes_in(backup, base.path()), 500);
+        }
+        assert!(taken(daily).is_some());
+    }
+
+    #[test]
+    fn a_collection_in_rollback_mode_is_backed_up_before_the_sync() {
+        let (base, store) = store();
+        let slot = store.slot("u").unwrap();
+        let mut user = slot.lock();
+        fill(&mut user, 4);
+        let col = user.collection().unwrap();
+        let mode: String = col
+            .query_row("pragma journal_mode = delete", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        let Daily::Taken(backup) = daily_at(&mut user, T0, 8).unwrap() else {
+            panic!("taken before the sync");
+        };
+        assert_eq!(notes_in(&backup, base.path()), 4);
     }
 
     #[test]
