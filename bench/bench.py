@@ -288,6 +288,10 @@ class Server:
         )
         if payload_megs is not None:  # None: the server's own default
             environ["MAX_SYNC_PAYLOAD_MEGS"] = payload_megs
+            # Every client of the bench connects from 127.0.0.1: ours' cap per
+            # address (8) would refuse the four users' devices, a limit the
+            # official server does not have.
+            environ["SYNC_MAX_CONNECTIONS_PER_IP"] = "256"
         environ.update(env or {})
         self.log_path = self.dir / "server.log"
         with open(self.log_path, "wb") as log:
