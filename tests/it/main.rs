@@ -10,6 +10,7 @@ mod support;
 mod backups;
 mod blob_roundtrip;
 mod cli;
+mod busy_user;
 mod crash_safety;
 mod disk_full;
 mod full_sync;
