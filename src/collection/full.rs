@@ -4,6 +4,7 @@
 //! show, and the collection prepared for a download.
 
 use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -32,6 +33,20 @@ pub fn prepare_download(col: &Connection, now_ms: i64) -> Result<(), SyncError> 
         ));
     }
     Ok(())
+}
+
+/// For current clients: a private copy of the (prepared) collection file in
+/// `dir`, with no name (its space is freed when it is sent or the server
+/// dies), so the download is sent without holding the user's lock: a client
+/// that reads slowly, or not at all, cannot keep the user's other devices
+/// waiting. The official server likewise reads the file under its lock and
+/// sends it after. On Linux the copy is `copy_file_range`, made in the kernel
+/// (or shared blocks, on file systems that can).
+pub fn private_copy(path: &Path, dir: &Path) -> io::Result<(File, u64)> {
+    let mut copy = TempFile::anonymous(dir, "download")?;
+    let len = io::copy(&mut File::open(path)?, &mut copy)?;
+    copy.seek(SeekFrom::Start(0))?;
+    Ok((copy, len))
 }
 
 /// For clients before 2.1.57: a schema-11 rendition of the (prepared)

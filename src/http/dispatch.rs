@@ -19,7 +19,7 @@ use super::service::Service;
 use crate::auth::Users;
 use crate::error::OrSyncError;
 use crate::protocol::SYNC_VERSION_ZSTD;
-use crate::user::UserSlot;
+use crate::user::{RequestPermit, UserSlot, max_requests};
 
 /// After an answer, at most this much of an unread request body is read and
 /// dropped, so an honest client gets the answer rather than a reset; a longer
@@ -61,11 +61,12 @@ impl<'r> Incoming<'r> {
 }
 
 /// What an answer may borrow, kept by the caller until the answer is sent:
-/// the user's slot (a download holds its lock while the file is sent) and
-/// the count of answer bytes handed to the connection.
+/// the user's slot with the request's place among that user's requests
+/// (given back when the answer has been sent), and the count of answer bytes
+/// handed to the connection.
 #[derive(Default)]
 pub struct Scope {
-    slot: OnceCell<Arc<UserSlot>>,
+    permit: OnceCell<RequestPermit>,
     sent: Cell<u64>,
 }
 
@@ -223,7 +224,10 @@ impl Service {
             .store
             .open(&account.name)
             .or_internal(format!("preparing the folder of {}", account.name))?;
-        let slot: &UserSlot = scope.slot.get_or_init(|| opened);
+        // One user's requests may hold only part of the workers; beyond it,
+        // a prompt 409 instead of a wait (issue 14 item 4).
+        let permit = opened.enter(max_requests(self.config.workers))?;
+        let slot: &UserSlot = scope.permit.get_or_init(|| permit).slot();
 
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),

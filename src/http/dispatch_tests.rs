@@ -589,3 +589,52 @@ fn legacy_form_data_waits_for_its_key() {
     let r = send_from(&s, "203.0.113.9", Verb::Post, "/sync/meta", &headers, &form);
     assert_eq!(r.status, 200, "{:?}", r.log);
 }
+
+/// Issue 14 item 4: one user's requests hold at most half the workers.
+/// Beyond that the user gets a prompt 409 (the client: "only one copy of
+/// Anki can sync to your account at once"), before the body is read, while
+/// other users are served as usual.
+#[test]
+fn one_user_gets_a_prompt_409_beyond_their_share_of_the_workers() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(
+        base.path(),
+        &[("SYNC_WORKERS", "6"), ("SYNC_USER2", "bob:pw")],
+    );
+    assert_eq!(crate::user::max_requests(6), 3);
+    let slot = s.store.open("user").unwrap();
+    let held: Vec<_> = (0..3).map(|_| slot.enter(3).unwrap()).collect();
+    for (url, body) in [
+        ("/sync/meta", &br#"{"v":11,"cv":"x"}"#[..]),
+        ("/sync/download", br#"{"_pad":null}"#),
+        ("/msync/begin", br#"{"v":"x"}"#),
+    ] {
+        let r = call(&s, url, "s", body);
+        assert_eq!((r.status, r.body.as_slice()), (409, &b"409"[..]), "{url}");
+        assert!(
+            r.log
+                .cause
+                .as_deref()
+                .unwrap()
+                .contains("3 requests of user"),
+            "{:?}",
+            r.log
+        );
+    }
+    let bob = crate::auth::host_key("bob", "pw");
+    let header = header_for(&bob, "s");
+    let r = send(
+        &s,
+        Verb::Post,
+        "/sync/meta",
+        &[("anki-sync", &header)],
+        &zstd::encode_all(&br#"{"v":11,"cv":"x"}"#[..], 3).unwrap(),
+    );
+    assert_eq!(r.status, 200, "another user is served");
+    drop(held);
+    assert_eq!(meta(&s)["cont"], true);
+    // A request's place is given back once its answer has been sent.
+    for _ in 0..5 {
+        assert_eq!(meta(&s)["cont"], true);
+    }
+}

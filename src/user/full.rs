@@ -1,12 +1,12 @@
 //! Full sync through the per-user layer. An upload, received and checked
 //! without the lock (`collection::full`), replaces the collection under one
 //! lock hold, after a backup of the one it replaces. A download prepares and
-//! opens the collection under one lock hold too, so no `start` from another
-//! device can come in between, and keeps holding it while the file is sent.
+//! copies the collection under one lock hold too, so no `start` from another
+//! device can come in between, and sends the copy without the lock.
 
 use std::fs::File;
 
-use log::info;
+use log::{info, warn};
 
 use super::slot::{UserGuard, UserSlot};
 use crate::backup::Reason;
@@ -24,8 +24,8 @@ pub struct Download<'a> {
 }
 
 /// The user's lock while a current client downloads the collection file
-/// itself (nothing may write to it meanwhile); nothing for a legacy client,
-/// whose private copy needs no lock.
+/// itself (nothing may write to it meanwhile), when no private copy could be
+/// made (a full disk); nothing for a private copy.
 pub struct Hold<'a> {
     _guard: Option<UserGuard<'a>>,
 }
@@ -45,9 +45,10 @@ impl UserSlot {
     }
 
     /// Prepares the collection for a full download (ending a normal sync in
-    /// progress) and opens it: the file itself for current clients, with
-    /// the lock held until it is sent; for `legacy` clients (before 2.1.57)
-    /// a schema-11 copy, and the lock is released at once.
+    /// progress) and makes the private copy that is sent, so the lock is
+    /// released at once: the file as it is for current clients, a schema-11
+    /// rendition for `legacy` clients (before 2.1.57). If there is no room
+    /// for a copy, the file itself is sent, holding the lock until it is.
     pub fn download(&self, legacy: bool, now_ms: i64) -> Result<Download<'_>, SyncError> {
         let mut user = self.lock();
         user.abort_sync();
@@ -60,6 +61,20 @@ impl UserSlot {
                 len,
                 hold: Hold { _guard: None },
             });
+        }
+        match full::private_copy(&user.collection_path(), &self.dir) {
+            Ok((file, len)) => {
+                return Ok(Download {
+                    file,
+                    len,
+                    hold: Hold { _guard: None },
+                });
+            }
+            Err(e) => warn!(
+                "copying the collection of {} for a download ({e}): sending the file itself, \
+                 holding the user's lock until it is sent",
+                self.name
+            ),
         }
         let file = File::open(user.collection_path())?;
         let len = file.metadata()?.len();
@@ -74,6 +89,7 @@ impl UserSlot {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     use super::*;
     use crate::backup;
@@ -155,14 +171,25 @@ mod tests {
     }
 
     #[test]
-    fn a_download_holds_the_lock_until_sent_and_bumps_usn() {
+    fn a_download_is_a_private_copy_sent_without_the_lock_and_bumps_usn() {
         let base = tempfile::tempdir().unwrap();
         let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
         let slot = store.slot("u").unwrap();
         slot.start_sync("s", 0, false, 0, |_, _| Ok(())).unwrap();
-        let download = slot.download(false, 1_800_000_000_000).unwrap();
+        let mut download = slot.download(false, 1_800_000_000_000).unwrap();
         assert_eq!(download.len, download.file.metadata().unwrap().len());
-        assert!(slot.state_is_locked(), "the lock is held while sending");
+        assert!(
+            !slot.state_is_locked(),
+            "the lock is released before sending"
+        );
+        // The copy is what the file was when prepared, whatever comes after.
+        let stored = fs::read(slot.dir().join(COLLECTION_FILE)).unwrap();
+        add_notes(&slot, 1..=50);
+        slot.close();
+        let mut sent = Vec::new();
+        std::io::Read::read_to_end(&mut download.file, &mut sent).unwrap();
+        assert!(sent == stored, "the download is the prepared file");
+        assert_eq!(download.file.metadata().unwrap().nlink(), 0, "no name left");
         drop(download);
         // The sync in progress was ended; the usn bump is committed.
         let (usn, modified): (i64, i64) = slot
@@ -173,6 +200,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!((usn, modified), (1, 1_800_000_000_000));
+        assert_eq!(notes(&slot), 50);
         assert!(slot.with_sync_state("s", 0, |_, _| Ok(())).is_err());
         let legacy = slot.download(true, 1_800_000_000_001).unwrap();
         assert!(!slot.state_is_locked(), "a legacy copy needs no lock");

@@ -20,5 +20,5 @@ mod store;
 mod sync;
 
 pub use full::Download;
-pub use slot::{MAX_UPLOADS, UploadPermit, UserSlot};
+pub use slot::{MAX_UPLOADS, RequestPermit, UploadPermit, UserSlot, max_requests};
 pub use store::UserStore;

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -37,6 +37,34 @@ pub struct UserSlot {
     pub media: MediaSlot,
     /// Uploads streaming in now.
     uploads: AtomicUsize,
+    /// Requests of this user being handled now, each on a worker.
+    requests: AtomicUsize,
+}
+
+/// The most requests one user may have handled at once when the server has
+/// `workers` workers: half of them, so one user's queue (downloads to
+/// clients that do not read, requests waiting for the user's lock) always
+/// leaves the other half to everyone else; but at least two, so one device's
+/// collection sync and media sync run side by side.
+pub fn max_requests(workers: usize) -> usize {
+    (workers / 2).max(2)
+}
+
+/// One request of a user being handled; its place is given back when dropped.
+pub struct RequestPermit {
+    slot: Arc<UserSlot>,
+}
+
+impl RequestPermit {
+    pub fn slot(&self) -> &Arc<UserSlot> {
+        &self.slot
+    }
+}
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.slot.requests.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Leave for one upload to stream in; returned when dropped.
@@ -81,6 +109,7 @@ impl UserSlot {
             dir: dir.clone(),
             media,
             uploads: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             state: Mutex::new(UserState {
                 dir,
                 col: None,
@@ -107,6 +136,25 @@ impl UserSlot {
                 Kind::Busy,
                 format!("{running} uploads of {} are running already", self.name),
             ));
+        }
+        Ok(permit)
+    }
+
+    /// A place for one more request of this user, or at once a
+    /// [`Kind::Conflict`] (409) if `max` are being handled already: the
+    /// client says "only one copy of Anki can sync to your account at once;
+    /// please wait a few minutes" rather than waiting on a worker. (The
+    /// official server makes everyone wait behind one lock instead.)
+    pub fn enter(self: &Arc<Self>, max: usize) -> Result<RequestPermit, SyncError> {
+        let running = self.requests.fetch_add(1, Ordering::SeqCst);
+        let permit = RequestPermit {
+            slot: Arc::clone(self),
+        };
+        if running >= max {
+            return Err(SyncError::conflict(format!(
+                "{running} requests of {} are being handled already",
+                self.name
+            )));
         }
         Ok(permit)
     }

@@ -9,8 +9,8 @@ mod support;
 
 mod backups;
 mod blob_roundtrip;
-mod cli;
 mod busy_user;
+mod cli;
 mod crash_safety;
 mod disk_full;
 mod full_sync;
