@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anki_sync_lite::auth::live::LiveUsers;
 use anki_sync_lite::auth::manage::{self, AccountCommand};
+use anki_sync_lite::auth::throttle::Throttle;
 use anki_sync_lite::backup;
 use anki_sync_lite::backup_cli;
 use anki_sync_lite::budget::{self, MemoryBudget};
@@ -250,6 +251,7 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     }
     notify::keep_status(config.users.len(), config.base.clone(), url);
     let service = Service {
+        throttle: Throttle::default(),
         config,
         users,
         store,

@@ -27,6 +27,9 @@ pub enum AuthError {
     BadCredentials,
     /// A request whose host key belongs to no account.
     UnknownHostKey,
+    /// `hostKey` from an address that failed too many logins, refused
+    /// without checking the password; it may try again after this long.
+    Throttled { retry_after: std::time::Duration },
 }
 
 impl fmt::Display for AuthError {
@@ -35,6 +38,11 @@ impl fmt::Display for AuthError {
             AuthError::BadAccount { var, reason } => write!(f, "{var}: {reason}"),
             AuthError::BadCredentials => f.write_str("invalid user or password"),
             AuthError::UnknownHostKey => f.write_str("invalid hkey"),
+            AuthError::Throttled { retry_after } => write!(
+                f,
+                "too many failed logins from this address; refused for {} s",
+                retry_after.as_secs().max(1)
+            ),
         }
     }
 }

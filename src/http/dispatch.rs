@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, OnceCell};
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -13,10 +14,11 @@ use serde::Deserialize;
 use super::body::{Body, SMALL_JSON_LIMIT, Source, carries_small_json};
 use super::error::HandlerError;
 use super::framing::{BodyLimits, SyncHeader};
+use super::login::LoginTurn;
 use super::reply::{self, Reply};
 use super::route::{Route, RouteError, Verb, route};
 use super::service::Service;
-use crate::auth::Users;
+use crate::auth::{AuthError, Users};
 use crate::error::OrSyncError;
 use crate::protocol::SYNC_VERSION_ZSTD;
 use crate::user::{RequestPermit, UserSlot, max_requests};
@@ -48,6 +50,11 @@ pub struct Incoming<'r> {
     pub headers: &'r [(String, String)],
     /// The body as it arrives (after the transfer encoding).
     pub body: &'r mut dyn Read,
+    /// The client's address as the login throttle counts it (`client`
+    /// parsed; the peer when that is no address).
+    pub address: IpAddr,
+    /// What the throttle decided, for a login.
+    pub login: LoginTurn,
 }
 
 impl<'r> Incoming<'r> {
@@ -165,6 +172,7 @@ impl Service {
         seen: &mut Seen,
         scope: &'s Scope,
     ) -> Result<Reply<'s>, HandlerError> {
+        let (address, turn) = (req.address, req.login);
         let route = route(req.verb, req.url, &self.config.base_path)?;
         log.route = Some(route);
         if route == Route::Health {
@@ -178,6 +186,10 @@ impl Service {
                 true => Ok(Reply::Metrics(self.metrics.render())),
                 false => Err(RouteError::NotFound.into()),
             };
+        }
+        // A login the throttle refused is answered before its body is read.
+        if let (Route::HostKey, LoginTurn::Refused(retry_after)) = (route, turn) {
+            return Err(AuthError::Throttled { retry_after }.into());
         }
         let decompressed = match route {
             Route::HostKey => SMALL_JSON_LIMIT,
@@ -211,7 +223,7 @@ impl Service {
             let login: LoginRequest = body.json()?;
             log.user = Some(login.u.clone());
             // PBKDF2 runs here, on this request's own copy of the table: no lock is held.
-            let account = users.login(&login.u, &login.p)?;
+            let account = self.login(&users, address, &login.u, &login.p)?;
             seen.authenticated = true;
             let answer = serde_json::json!({ "key": account.hkey });
             return Ok(Reply::Bytes(answer.to_string().into_bytes()));

@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::Path;
 
 use super::*;
 use crate::auth::live::LiveUsers;
 use crate::budget::{self, MemoryBudget};
 use crate::config::Config;
+use crate::http::login::{Admission, LoginTurn};
 use crate::user::UserStore;
 
 /// sha1("user:pass"), the host key of the one test user.
@@ -37,6 +39,7 @@ pub(crate) fn service_with(base: &Path, extra: &[(&str, &str)]) -> Service {
         budget: MemoryBudget::new(budget::POOL_BYTES, budget::PATIENCE),
         recent: Default::default(),
         metrics: Default::default(),
+        throttle: crate::auth::throttle::Throttle::default(),
     }
 }
 
@@ -100,6 +103,22 @@ pub(crate) fn send_from(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Got {
+    send_with(service, client, LoginTurn::Check, verb, url, headers, body)
+}
+
+/// The address requests come from unless a test says otherwise.
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+/// Like [`send_from`], with the login throttle's verdict `login`.
+fn send_with(
+    service: &Service,
+    client: &str,
+    login: LoginTurn,
+    verb: Verb,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Got {
     let mut headers: Vec<(String, String)> = headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -117,6 +136,8 @@ pub(crate) fn send_from(
             url,
             headers: &headers,
             body: &mut reader,
+            address: client.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            login,
         },
         &scope,
     );
@@ -637,4 +658,73 @@ fn one_user_gets_a_prompt_409_beyond_their_share_of_the_workers() {
     for _ in 0..5 {
         assert_eq!(meta(&s)["cont"], true);
     }
+}
+
+/// Issue 14 item 10: failed logins count per address; after a burst, the
+/// address's next login waits its turn (the worker pool parks it), and a
+/// refused one gets 429 with `Retry-After` before its body is read. A
+/// correct login from elsewhere is never held back; one from the address
+/// itself clears its record.
+#[test]
+fn failed_logins_are_throttled_per_address() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let attacker: IpAddr = "203.0.113.9".parse().unwrap();
+    let login = |client: IpAddr, turn: LoginTurn, body: &[u8]| {
+        let header = header_for("", "");
+        send_with(
+            &s,
+            &client.to_string(),
+            turn,
+            Verb::Post,
+            "/sync/hostKey",
+            &[("anki-sync", &header)],
+            &zstd::encode_all(body, 3).unwrap(),
+        )
+    };
+    let wrong = br#"{"u":"user","p":"guess"}"#;
+    let right = br#"{"u":"user","p":"pass"}"#;
+    let checked_now = |client: IpAddr| {
+        matches!(
+            s.login_turn(client, std::time::Instant::now()),
+            Admission::Now(LoginTurn::Check)
+        )
+    };
+    for _ in 0..crate::auth::throttle::FREE_FAILURES + 1 {
+        assert!(checked_now(attacker));
+        assert_eq!(login(attacker, LoginTurn::Check, wrong).status, 403);
+    }
+    assert!(matches!(
+        s.login_turn(attacker, std::time::Instant::now()),
+        Admission::WaitUntil(_)
+    ));
+    assert!(checked_now(CLIENT));
+    assert_eq!(login(CLIENT, LoginTurn::Check, right).status, 200);
+
+    let refused = login(
+        attacker,
+        LoginTurn::Refused(std::time::Duration::from_millis(29_500)),
+        right,
+    );
+    assert_eq!(
+        (refused.status, refused.body.as_slice()),
+        (429, &b"429"[..])
+    );
+    assert_eq!(refused.header("Retry-After"), Some("29"));
+    assert_eq!(refused.log.user, None, "refused before its body was read");
+    // A wrong host key is not a guess at a password: not counted.
+    let stale = header_for("0123456789abcdef0123456789abcdef01234567", "s");
+    for _ in 0..10 {
+        let r = send(
+            &s,
+            Verb::Post,
+            "/sync/meta",
+            &[("anki-sync", &stale)],
+            &zstd::encode_all(&br#"{"v":11,"cv":"x"}"#[..], 3).unwrap(),
+        );
+        assert_eq!(r.status, 403);
+    }
+    assert!(checked_now(CLIENT));
+    assert_eq!(login(attacker, LoginTurn::Check, right).status, 200);
+    assert!(checked_now(attacker));
 }

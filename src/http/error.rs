@@ -89,6 +89,8 @@ pub struct ErrorReply {
     pub body: String,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// The `Retry-After` header (seconds) of a throttled login.
+    pub retry_after: Option<u64>,
 }
 
 impl HandlerError {
@@ -102,6 +104,7 @@ impl HandlerError {
             HandlerError::Framing(_) => 400,
             HandlerError::Auth(AuthError::BadCredentials | AuthError::UnknownHostKey) => 403,
             HandlerError::Auth(AuthError::BadAccount { .. }) => 500,
+            HandlerError::Auth(AuthError::Throttled { .. }) => 429,
             HandlerError::Sync(e) => match e.kind() {
                 Kind::BadRequest => 400,
                 Kind::Conflict => 409,
@@ -124,10 +127,17 @@ impl HandlerError {
             }
             _ => (status.to_string(), None),
         };
+        let retry_after = match self {
+            HandlerError::Auth(AuthError::Throttled { retry_after }) => {
+                Some(retry_after.as_secs().max(1))
+            }
+            _ => None,
+        };
         ErrorReply {
             status,
             body,
             allow,
+            retry_after,
         }
     }
 
@@ -158,6 +168,14 @@ mod tests {
             (SyncError::client_too_old("x").into(), 501, "501"),
             (SyncError::internal("x").into(), 500, "500"),
             (SyncError::new(Kind::Busy, "x").into(), 429, "429"),
+            (
+                AuthError::Throttled {
+                    retry_after: std::time::Duration::from_millis(8500),
+                }
+                .into(),
+                429,
+                "429",
+            ),
         ];
         for (err, status, body) in cases {
             let reply = err.reply();

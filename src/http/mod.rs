@@ -8,6 +8,7 @@
 //!   `multipart` (pre-2.1.57 forms), `spill`, `body`, `limit`: the request.
 //! - `sync_handlers`, `media_handlers`: one handler per protocol method.
 //! - `reply`: encoding answers; `error`: errors become statuses, once.
+//! - `login`: password logins and the throttle around them.
 //! - `park`: requests that must wait their turn, held without a worker.
 
 mod body;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod framing;
 mod legacy;
 pub mod limit;
+pub(crate) mod login;
 mod media_handlers;
 pub mod multipart;
 pub mod park;

@@ -130,6 +130,9 @@ pub(super) fn error_answer(err: &HandlerError) -> Answer<'static> {
     if let Some(allow) = reply.allow {
         headers.push(("Allow", allow.to_string()));
     }
+    if let Some(seconds) = reply.retry_after {
+        headers.push(("Retry-After", seconds.to_string()));
+    }
     let len = reply.body.len() as u64;
     Answer {
         status: reply.status,

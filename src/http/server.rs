@@ -15,11 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, bounded, select, unbounded};
 use log::{error, info, warn};
 use tiny_http::{Header, Limits, Request, Response, SslConfig};
 
 use super::Service;
+use super::login::LoginTurn;
+use super::park::Park;
+use super::service::Handled;
 use crate::config::Config;
 
 /// How often the dispatcher looks at the shutdown flag and idle collections.
@@ -32,6 +35,10 @@ const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// `RATE_WINDOW` or read timeout, whichever is shorter.
 const MIN_RATE: u64 = 1024;
 const RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Logins the throttle holds back at once; more are refused with 429.
+/// (Each also holds a connection, which the connection caps bound too.)
+const MAX_PARKED_LOGINS: usize = 256;
 
 /// Request line and headers: Anki sends a few hundred bytes.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -51,29 +58,28 @@ pub fn run(
     let addr: SocketAddr = listener.local_addr()?;
     let workers = service.config.workers;
     let (tx, rx) = bounded::<Request>(workers * 2);
+    // Logins the throttle makes wait are parked; at their turn they come
+    // back to the workers on their own channel.
+    let (woken_tx, woken_rx) = unbounded::<Request>();
+    let park = Arc::new(Park::start(MAX_PARKED_LOGINS, move |request| {
+        // (Only fails at shutdown, when no worker is left: dropping the
+        // request answers it with a 500.)
+        let _ = woken_tx.send(request);
+    })?);
 
     let mut handles = Vec::with_capacity(workers);
     for i in 0..workers {
-        let rx = rx.clone();
+        let queues = (rx.clone(), woken_rx.clone());
         let service = Arc::clone(&service);
+        let park = Arc::clone(&park);
         let shutdown = Arc::clone(&shutdown);
         handles.push(
             thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || {
-                    for request in rx.iter() {
-                        // Requests still queued when shutdown begins are
-                        // answered, not started.
-                        if shutdown.load(Ordering::SeqCst) {
-                            refuse(request);
-                        } else {
-                            service.handle(request);
-                        }
-                    }
-                })?,
+                .spawn(move || work(&service, &queues, &park, &shutdown))?,
         );
     }
-    drop(rx);
+    drop((rx, woken_rx, park));
 
     let scheme = if ssl.is_some() { "https" } else { "http" };
     info!("listening on {scheme}://{addr}{}", service.config.base_path);
@@ -133,6 +139,44 @@ pub fn run(
     drop(server);
     info!("stopped");
     Ok(())
+}
+
+/// A worker: takes requests, and parked logins whose turn has come, until
+/// the dispatcher stops.
+fn work(
+    service: &Service,
+    (fresh, woken): &(Receiver<Request>, Receiver<Request>),
+    park: &Park<Request>,
+    shutdown: &AtomicBool,
+) {
+    loop {
+        let (request, decided) = select! {
+            recv(woken) -> r => match r {
+                Ok(request) => (request, Some(LoginTurn::Check)),
+                Err(_) => break,
+            },
+            recv(fresh) -> r => match r {
+                Ok(request) => (request, None),
+                Err(_) => break,
+            },
+        };
+        // Requests still queued when shutdown begins are answered, not
+        // started.
+        if shutdown.load(Ordering::SeqCst) {
+            refuse(request);
+            continue;
+        }
+        if let Handled::Park(due, request) = service.handle(request, decided) {
+            if let Err(request) = park.park(due, request) {
+                // The park is full: a prompt 429 rather than a wait here.
+                let wait = due.saturating_duration_since(Instant::now());
+                service.handle(request, Some(LoginTurn::Refused(wait)));
+            }
+        }
+    }
+    for request in woken.try_iter() {
+        refuse(request);
+    }
 }
 
 /// How long requests in progress may take to finish after a shutdown

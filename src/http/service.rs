@@ -4,6 +4,7 @@
 //! no socket.
 
 use std::cell::Cell;
+use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -11,9 +12,11 @@ use log::{debug, error, info, warn};
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::dispatch::{Counted, Incoming, LogFields, Scope};
+use super::login::{Admission, LoginTurn};
 use super::recent::RecentClients;
-use super::route::{MediaMethod, Route, SyncMethod, Verb};
+use super::route::{MediaMethod, Route, SyncMethod, Verb, route};
 use crate::auth::live::LiveUsers;
+use crate::auth::throttle::Throttle;
 use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::metrics::{self, Metrics, SyncKind};
@@ -32,19 +35,40 @@ pub struct Service {
     pub recent: RecentClients,
     /// Counters for `/metrics`, kept whether or not the page is served.
     pub metrics: Metrics,
+    /// Failed logins per client address.
+    pub throttle: Throttle,
+}
+
+/// What became of a request a worker handled.
+pub enum Handled {
+    Done,
+    /// A login whose turn comes at that time: to be parked, without a
+    /// worker, and handled again then with [`LoginTurn::Check`].
+    Park(Instant, Request),
 }
 
 impl Service {
-    /// Handles one request completely. Never panics outward: a panic in a
-    /// handler becomes a 500 for that request only.
-    pub fn handle(&self, request: Request) {
+    /// Handles one request completely, or hands a login back to be parked
+    /// until the throttle gives it its turn. `decided` is the throttle's
+    /// verdict when it was already asked (a parked login woken, or one that
+    /// could not be parked); `None` for a fresh request. Never panics
+    /// outward: a panic in a handler becomes a 500 for that request only.
+    pub fn handle(&self, request: Request, decided: Option<LoginTurn>) -> Handled {
         let started = Instant::now();
         let url = request.url().to_string();
-        let ip = self.client_ip(&request);
+        let (ip, address) = self.client_ip(&request);
+        let login = match decided {
+            Some(turn) => turn,
+            None if self.is_login(&request) => match self.login_turn(address, started) {
+                Admission::Now(turn) => turn,
+                Admission::WaitUntil(due) => return Handled::Park(due, request),
+            },
+            None => LoginTurn::Check,
+        };
         let received = Cell::new(0u64);
         let scope = Scope::default();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.respond(request, &ip, &received, &scope)
+            self.respond(request, (&ip, address, login), &received, &scope)
         }));
         let (status, log) = match result {
             Ok(outcome) => outcome,
@@ -70,6 +94,13 @@ impl Service {
             (_, 400..) => warn!("{line}"),
             _ => info!("{line}"),
         }
+        Handled::Done
+    }
+
+    /// Whether a request is a password login (`hostKey`).
+    fn is_login(&self, request: &Request) -> bool {
+        let verb = verb_of(request.method());
+        route(verb, request.url(), &self.config.base_path) == Ok(Route::HostKey)
     }
 
     /// Dispatches and writes the answer; returns its status and what the
@@ -77,16 +108,11 @@ impl Service {
     fn respond(
         &self,
         mut request: Request,
-        ip: &str,
+        (ip, address, login): (&str, IpAddr, LoginTurn),
         received: &Cell<u64>,
         scope: &Scope,
     ) -> (u16, LogFields) {
-        let verb = match request.method() {
-            Method::Get => Verb::Get,
-            Method::Head => Verb::Head,
-            Method::Post => Verb::Post,
-            _ => Verb::Other,
-        };
+        let verb = verb_of(request.method());
         let url = request.url().to_string();
         let headers: Vec<(String, String)> = request
             .headers()
@@ -104,6 +130,8 @@ impl Service {
                 url: &url,
                 headers: &headers,
                 body: &mut body,
+                address,
+                login,
             };
             self.dispatch(incoming, scope)
         };
@@ -145,13 +173,16 @@ impl Service {
         }
     }
 
-    fn client_ip(&self, request: &Request) -> String {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "-".into());
+    /// The client's address as the log line shows it, and as the login
+    /// throttle counts it: the proxy's header when `SYNC_IP_HEADER` names
+    /// one, else the TCP peer. A header that holds no address is logged as
+    /// sent, and the throttle counts the peer (the proxy) instead.
+    fn client_ip(&self, request: &Request) -> (String, IpAddr) {
+        let peer = request.remote_addr().map(|a| a.ip());
+        let peer_ip = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let peer_text = || peer.map_or_else(|| "-".into(), |ip| ip.to_string());
         let Some(name) = self.config.ip_source.header() else {
-            return peer;
+            return (peer_text(), peer_ip);
         };
         let value = request
             .headers()
@@ -160,9 +191,41 @@ impl Service {
             .map(|h| h.value.as_str().to_string());
         match value {
             // X-Forwarded-For lists hops; the rightmost is the one our proxy saw.
-            Some(v) => v.rsplit(',').next().unwrap_or(&v).trim().to_string(),
-            None => peer,
+            Some(v) => {
+                let text = v.rsplit(',').next().unwrap_or(&v).trim().to_string();
+                let ip = parse_address(&text).unwrap_or(peer_ip);
+                (text, ip)
+            }
+            None => (peer_text(), peer_ip),
         }
+    }
+}
+
+/// An address as proxies write it: `192.0.2.1`, `2001:db8::1`, or with a
+/// port (`192.0.2.1:443`, `[2001:db8::1]:443`). An IPv6 address with a port
+/// and no brackets reads as another address of the same /64, which the
+/// throttle counts as one.
+fn parse_address(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+fn verb_of(method: &Method) -> Verb {
+    match method {
+        Method::Get => Verb::Get,
+        Method::Head => Verb::Head,
+        Method::Post => Verb::Post,
+        _ => Verb::Other,
     }
 }
 
@@ -176,7 +239,7 @@ struct Figures {
 
 /// Longest login name and client version a log line carries; the URL and
 /// the cause may be longer, but not without bound.
-const MAX_LOGGED_NAME: usize = 64;
+pub(super) const MAX_LOGGED_NAME: usize = 64;
 const MAX_LOGGED_TEXT: usize = 300;
 
 /// A request's one log line: client address, user, client version, route,
@@ -211,7 +274,7 @@ fn log_line(ip: &str, url: &str, log: &LogFields, n: &Figures) -> String {
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`) and at most
 /// `max` characters of it, marked with `…` when cut.
-fn log_safe(text: &str, max: usize) -> String {
+pub(super) fn log_safe(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
         if i == max {
@@ -236,6 +299,24 @@ fn header(name: &str, value: &str) -> Header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The throttle counts the address a proxy names, in each form proxies
+    /// write it; anything else falls back to the peer.
+    #[test]
+    fn proxy_addresses_are_read_in_every_form() {
+        for (text, ip) in [
+            ("192.0.2.1", "192.0.2.1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("192.0.2.1:443", "192.0.2.1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:db8::1:443", "2001:db8::1:443"),
+        ] {
+            assert_eq!(parse_address(text), Some(ip.parse().unwrap()), "{text}");
+        }
+        for text in ["", "unknown", "for=192.0.2.1", "192.0.2.1:x"] {
+            assert_eq!(parse_address(text), None, "{text}");
+        }
+    }
 
     /// Issue 14, item 6: what a client chose cannot forge a log line nor
     /// make a huge one (before, the login name and the client version were

@@ -20,6 +20,7 @@ mod legacy_raw;
 mod legacy_storage;
 mod legacy_sync;
 mod load;
+mod login_throttle;
 mod logs;
 mod media_raw;
 mod media_sync;
