@@ -209,6 +209,30 @@ fn health_routes_and_methods() {
     }
 }
 
+/// Issue 17: `/metrics` is there only when switched on, in the Prometheus
+/// text format, under the base path (the counting itself is `service`'s,
+/// tested with the real client in tests/it/metrics.rs).
+#[test]
+fn metrics_page_only_when_switched_on() {
+    let base = tempfile::tempdir().unwrap();
+    let off = service_with(base.path(), &[]);
+    assert_eq!(send(&off, Verb::Get, "/metrics", &[], b"").status, 404);
+    let on = service_with(
+        base.path(),
+        &[("SYNC_METRICS", "1"), ("SYNC_BASE_PATH", "/anki/")],
+    );
+    on.metrics.request("/sync/meta", 200, 10, 20);
+    let r = send(&on, Verb::Get, "/anki/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some(crate::metrics::CONTENT_TYPE));
+    let page = String::from_utf8(r.body).unwrap();
+    assert!(
+        page.contains("\nanki_sync_requests_total{route=\"/sync/meta\",status=\"200\"} 1\n"),
+        "{page}"
+    );
+    assert_eq!(send(&on, Verb::Post, "/metrics", &[], b"").status, 405);
+}
+
 #[test]
 fn login_then_meta_of_a_brand_new_user() {
     let base = tempfile::tempdir().unwrap();
