@@ -2,7 +2,8 @@
 //! never panic, and anything accepted must carry a version we speak.
 #![no_main]
 
-use anki_sync_lite::http::framing::{SYNC_VERSION_MAX, SYNC_VERSION_MIN, SyncHeader};
+use anki_sync_lite::http::framing::SyncHeader;
+use anki_sync_lite::protocol::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
