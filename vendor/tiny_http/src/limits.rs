@@ -133,10 +133,11 @@ impl Registry {
         }
     }
 
-    /// How many connections are open: their slots still live.
+    /// How many connections are open: their slots still live and the server
+    /// has not closed its side for writing.
     pub(crate) fn open(&self) -> usize {
         let open = self.open.lock().unwrap();
-        open.iter().filter(|slot| slot.strong_count() > 0).count()
+        open.iter().filter(|slot| is_open(slot)).count()
     }
 
     /// A slot for a new connection, with the limits' socket options set on
@@ -154,7 +155,7 @@ impl Registry {
         now: Instant,
     ) -> IoResult<Result<Arc<Slot>, Refusal>> {
         let mut open = self.open.lock().unwrap();
-        open.retain(|slot| slot.strong_count() > 0);
+        open.retain(is_open);
         if let Some(addr) = peer {
             let mine = open
                 .iter()
@@ -185,6 +186,7 @@ impl Registry {
             limits: self.limits.clone(),
             pending: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             state: Mutex::new(ReadState {
                 phase: Phase::Idle {
                     since: now,
@@ -251,10 +253,17 @@ impl Registry {
                 )),
             }
             slot.broken.store(true, Ordering::SeqCst);
+            slot.closing.store(true, Ordering::SeqCst);
             slot.socket.shutdown(Shutdown::Both).ok();
         }
         true
     }
+}
+
+/// Whether a registered connection still counts as open (see `Slot::closing`).
+fn is_open(slot: &Weak<Slot>) -> bool {
+    slot.upgrade()
+        .is_some_and(|slot| !slot.closing.load(Ordering::SeqCst))
 }
 
 /// What an evictable connection is waiting for, and for how long.
@@ -292,6 +301,11 @@ pub(crate) struct Slot {
     /// The connection takes no more requests: a read timed out or was too
     /// slow, the request was malformed, or its body was left unread.
     broken: AtomicBool,
+    /// The server has closed its side for writing: the connection can answer
+    /// nothing more and is on its way out, so it no longer counts against the
+    /// caps. (Set before the shutdown, so a client that has seen the end of
+    /// the stream never finds its connection still counted.)
+    closing: AtomicBool,
     state: Mutex<ReadState>,
 }
 
@@ -331,9 +345,16 @@ impl Slot {
         self.broken.store(true, Ordering::SeqCst);
     }
 
+    /// The server is about to close its side for writing: from now on the
+    /// connection no longer counts against the caps.
+    pub(crate) fn mark_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
     /// Half-closes the connection: the client reads what was written so far,
     /// then the end of the stream.
     pub(crate) fn shutdown_write(&self) {
+        self.mark_closing();
         self.socket.shutdown(Shutdown::Write).ok();
     }
 
@@ -730,6 +751,26 @@ mod tests {
         // ...while Y and local sockets are served.
         assert!(connect(&registry, y, LATER).0.is_ok());
         assert!(connect(&registry, None, LATER).0.is_ok());
+    }
+
+    #[test]
+    fn a_connection_closed_for_writing_no_longer_counts() {
+        // The server has answered its last request and shut its side: the
+        // client may already have seen the end of the stream and connect
+        // again, before the rest of the old connection is dropped.
+        let registry = registry(2, 1);
+        let x_ip = IpAddr::from([192, 0, 2, 1]);
+        let (a, _a_client) = connect(&registry, Some(x_ip), NOW);
+        let a = a.unwrap();
+        a.request_started();
+        let refused = connect(&registry, Some(x_ip), LATER).0.err();
+        assert_eq!(refused, Some(Refusal::AddressFull(x_ip)));
+        a.mark_closing();
+        assert_eq!(registry.open(), 0);
+        let (b, _b_client) = connect(&registry, Some(x_ip), LATER);
+        assert!(b.is_ok());
+        assert_eq!(registry.open(), 1);
+        assert!(!a.is_broken(), "nothing was closed to make room");
     }
 
     #[test]

@@ -141,6 +141,8 @@ impl Drop for RefinedTcpStream {
         }
 
         if self.close_write {
+            // the registry stops counting the connection first (see limits.rs)
+            self.slot.mark_closing();
             self.stream.shutdown(Shutdown::Write).ok();
         }
     }
