@@ -3,9 +3,12 @@
 //! replaces the collection and before the first normal sync of each UTC
 //! day, rotated to the newest `SYNC_BACKUPS`.
 //!
-//! Consistency: a snapshot is taken under the user's lock from a closed
-//! collection whose WAL has been checkpointed (TRUNCATE), so the main file
-//! alone is the whole database and nothing can change it while it is read.
+//! Consistency: a snapshot is taken from a collection whose WAL has been
+//! checkpointed (TRUNCATE), so the main file alone is the whole database,
+//! and nothing can change it while it is read: before an upload or a
+//! restore the collection is closed under the user's lock; the day's first
+//! backup pins that state with a reader and is read in the background while
+//! the day's first sync writes to the WAL ([`daily_in_background`]).
 //! It is streamed through zstd into a temporary file, fsynced and renamed:
 //! no copy in memory, no uncompressed copy on disk. (`VACUUM INTO` would
 //! write a full-size copy first and rebuild every index: more disk and
@@ -27,9 +30,12 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use log::{info, warn};
+use rusqlite::Connection;
 
 use crate::clock::now_millis;
 use crate::error::{OrSyncError, SyncError};
@@ -138,8 +144,11 @@ pub fn list(user_dir: &Path) -> io::Result<Vec<Backup>> {
 
 /// Backs up the collection in `user_dir` for `reason`, then rotates. Never
 /// fails the caller: a backup is a safety net, not part of the sync. The
-/// collection must be closed.
+/// collection must be closed. Waits for a day's first backup of the same
+/// user still being written, so backups never race for a name or a
+/// rotation, and a file about to be replaced is backed up in turn.
 pub fn take(user_dir: &Path, reason: Reason) {
+    wait_for(user_dir);
     if let Err(e) = snapshot(user_dir, reason, now_millis() / 1000, keep()) {
         warn!(
             "backup ({}) of {} failed: {e}",
@@ -158,7 +167,8 @@ pub fn daily_due(user_dir: &Path) -> bool {
 }
 
 fn daily_due_at(user_dir: &Path, now_secs: i64, keep: usize) -> bool {
-    if keep == 0 {
+    // One being written counts as today's.
+    if keep == 0 || in_flight(user_dir) {
         return false;
     }
     match list(user_dir) {
@@ -169,6 +179,164 @@ fn daily_due_at(user_dir: &Path, now_secs: i64, keep: usize) -> bool {
             warn!("listing the backups in {}: {e}", user_dir.display());
             false
         }
+    }
+}
+
+/// What [`daily_in_background`] did.
+#[must_use]
+pub enum Daily {
+    /// Nothing worth keeping (no notes, no cards).
+    Skipped,
+    /// A collection in rollback-journal mode: a reader there would block
+    /// the sync's commit, so the caller backs it up (closed) before the
+    /// sync instead.
+    NotWal,
+    /// Being written by this thread, which returns the backup (the server
+    /// lets it run detached; tests wait for it).
+    Background(JoinHandle<Option<Backup>>),
+}
+
+/// The day's first backup, off the sync's critical path: on `col`, the
+/// user's own connection (under the user's lock, so nothing writes
+/// meanwhile), the WAL is folded into the main file; a reader on a second
+/// connection then pins that state, and a thread compresses the main file
+/// while the sync goes on. The sync waits for the checkpoint only.
+pub fn daily_in_background(user_dir: &Path, col: &Connection) -> io::Result<Daily> {
+    daily_in_background_at(user_dir, col, now_millis() / 1000, keep())
+}
+
+fn daily_in_background_at(
+    user_dir: &Path,
+    col: &Connection,
+    now_secs: i64,
+    keep: usize,
+) -> io::Result<Daily> {
+    let pinned = match pin(&user_dir.join(COLLECTION_FILE), col)? {
+        Pin::Pinned(pinned) => pinned,
+        Pin::Empty => return Ok(Daily::Skipped),
+        Pin::NotWal => return Ok(Daily::NotWal),
+    };
+    let dir = user_dir.to_path_buf();
+    let guard = InFlight::start(&dir);
+    let spawned = std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || {
+            let _guard = guard;
+            // One backup is compressed at a time, whoever's it is: each holds
+            // a zstd context of a few MiB.
+            let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+            let Pinned { reader, file } = pinned;
+            let written = write(&dir, file, Reason::Daily, now_secs, keep);
+            // Ends the read transaction: checkpoints may go on.
+            drop(reader);
+            match written {
+                Ok(backup) => Some(backup),
+                Err(e) => {
+                    warn!("daily backup in {} failed: {e}", dir.display());
+                    None
+                }
+            }
+        })?;
+    Ok(Daily::Background(spawned))
+}
+
+/// A collection's state held still for a backup taken while it changes.
+struct Pinned {
+    /// A second connection whose read transaction began when the WAL was
+    /// empty. SQLite never copies WAL frames into the main file while such
+    /// a reader lives (a checkpoint needs the WAL's read lock 0, which this
+    /// reader holds), so the main file stays exactly the pinned state
+    /// whatever the sync writes to the WAL meanwhile.
+    reader: Connection,
+    /// The main file, opened while pinned.
+    file: File,
+}
+
+enum Pin {
+    Pinned(Pinned),
+    Empty,
+    NotWal,
+}
+
+/// Checkpoints on `col` and pins the result with a reader (see [`Pinned`]).
+fn pin(path: &Path, col: &Connection) -> io::Result<Pin> {
+    let mode: String = col
+        .query_row("pragma journal_mode", [], |r| r.get(0))
+        .map_err(io::Error::other)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(Pin::NotWal);
+    }
+    let busy: i64 = col
+        .query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(io::Error::other)?;
+    if busy != 0 {
+        return Err(io::Error::other("collection busy; checkpoint incomplete"));
+    }
+    let reader = storage::open(path).map_err(io::Error::other)?;
+    reader.execute_batch("begin").map_err(io::Error::other)?;
+    // The first read starts the read transaction: the pin. A file that
+    // cannot be read as a collection is kept anyway: it is the user's data.
+    let worth_keeping: bool = reader
+        .query_row(
+            "select exists(select 1 from notes) or exists(select 1 from cards)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(true);
+    if !worth_keeping {
+        return Ok(Pin::Empty);
+    }
+    let file = File::open(path)?;
+    Ok(Pin::Pinned(Pinned { reader, file }))
+}
+
+/// Users' folders whose daily backup is being written in the background.
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Signalled when one of them is done.
+static DONE: Condvar = Condvar::new();
+/// Held while a backup is compressed in the background.
+static WRITING: Mutex<()> = Mutex::new(());
+
+/// Marks a user's background backup as running until dropped (even if its
+/// thread panics).
+struct InFlight(PathBuf);
+
+impl InFlight {
+    fn start(dir: &Path) -> InFlight {
+        let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        running.push(dir.to_path_buf());
+        InFlight(dir.to_path_buf())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = running.iter().position(|d| *d == self.0) {
+            running.swap_remove(i);
+        }
+        DONE.notify_all();
+    }
+}
+
+fn in_flight(dir: &Path) -> bool {
+    let running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    running.iter().any(|d| d == dir)
+}
+
+/// Waits until the user's background backup, if any, is on disk.
+fn wait_for(dir: &Path) {
+    let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    while running.iter().any(|d| d == dir) {
+        running = DONE.wait(running).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Waits until every background backup is on disk (at shutdown).
+pub fn wait_all() {
+    let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+    while !running.is_empty() {
+        running = DONE.wait(running).unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -191,6 +359,18 @@ fn snapshot(
     if !checkpoint_and_check(&source)? {
         return Ok(None);
     }
+    write(user_dir, File::open(&source)?, reason, now_secs, keep).map(Some)
+}
+
+/// Compresses `source` (the main file of a collection nothing changes
+/// meanwhile) into the user's backups, then rotates.
+fn write(
+    user_dir: &Path,
+    source: File,
+    reason: Reason,
+    now_secs: i64,
+    keep: usize,
+) -> io::Result<Backup> {
     let clock = Instant::now();
     let dir = backups_dir(user_dir);
     crate::fsutil::create_dir_all_durable(&dir)?;
@@ -203,11 +383,11 @@ fn snapshot(
         secs += 1;
     }
     let target = dir.join(file_name(secs, reason));
+    let original = source.metadata().map(|m| m.len()).unwrap_or(0);
     let (temp, output) = TempFile::create(&dir, "backup")?;
-    let size = compress(&source, output)?;
+    let size = compress(source, output)?;
     temp.persist(&target)?;
     let file = file_name(secs, reason);
-    let original = fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
     info!(
         "backup {} ({} -> {} KiB) in {} ms",
         target.display(),
@@ -219,13 +399,13 @@ fn snapshot(
     if removed > 0 {
         info!("removed {removed} old backup(s) in {}", dir.display());
     }
-    Ok(Some(Backup {
+    Ok(Backup {
         file,
         path: target,
         secs,
         reason,
         size,
-    }))
+    })
 }
 
 /// Folds any WAL into the main file (the collection is closed, so under the
@@ -253,8 +433,8 @@ fn checkpoint_and_check(path: &Path) -> io::Result<bool> {
 
 /// Streams `source` through zstd into `output` (a new temporary file).
 /// Returns the compressed size.
-fn compress(source: &Path, output: File) -> io::Result<u64> {
-    let mut input = BufReader::with_capacity(256 * 1024, File::open(source)?);
+fn compress(source: File, output: File) -> io::Result<u64> {
+    let mut input = BufReader::with_capacity(256 * 1024, source);
     let mut encoder = zstd::stream::write::Encoder::new(output, LEVEL)?;
     // A damaged backup is then refused on restore instead of half-restored.
     encoder.include_checksum(true)?;
@@ -594,6 +774,116 @@ mod tests {
         assert!(!daily_due_at(dir, midnight + 5 * DAY_SECS, 0), "0 = off");
         assert_eq!(list(dir).unwrap().len(), 3);
         assert_eq!(notes(dir), 2);
+    }
+
+    /// The notes a backup holds, after an integrity check.
+    fn notes_in(backup: &Backup, scratch: &Path) -> i64 {
+        let copy = scratch.join(format!("{}.anki2", backup.file));
+        fs::write(
+            &copy,
+            zstd::decode_all(File::open(&backup.path).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let conn = storage::open(&copy).unwrap();
+        let ok: String = conn
+            .query_row("pragma integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        conn.query_row("select count(*) from notes", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_days_first_backup_holds_the_state_before_the_sync_that_runs_beside_it() {
+        let user = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 3000);
+        // The user's connection, as the per-user layer holds it.
+        let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
+        // The backup thread waits for this until the sync below is done, so
+        // it reads the file after every write and checkpoint of the sync.
+        let hold = WRITING.lock().unwrap();
+        let Daily::Background(thread) = daily_in_background_at(dir, &col, T0, 8).unwrap() else {
+            panic!("a collection in WAL mode is backed up in the background");
+        };
+        // The sync goes on at once, in its own transactions; with
+        // checkpoints as eager as they can be, any that touched the main
+        // file under the pinning reader would show in the backup.
+        col.pragma_update(None, "wal_autocheckpoint", 1).unwrap();
+        for round in 0..20 {
+            col.execute_batch("begin immediate").unwrap();
+            col.execute(
+                "update notes set flds = ?1 || flds where id % 7 = ?2",
+                rusqlite::params!["changed ".repeat(40), round % 7],
+            )
+            .unwrap();
+            col.execute(
+                "insert into notes values (?1, ?2, 1, 0, 0, '', 'new', 'new', 0, 0, '')",
+                rusqlite::params![10_000 + round, format!("new{round}")],
+            )
+            .unwrap();
+            col.execute_batch("commit").unwrap();
+        }
+        // A second sync the same day does not start another.
+        assert!(!daily_due_at(dir, T0 + 5, 8));
+        drop(hold);
+        let backup = thread.join().unwrap().expect("a backup");
+        assert_eq!(backup.reason, Reason::Daily);
+        assert_eq!(notes_in(&backup, scratch.path()), 3000);
+        assert!(!daily_due_at(dir, T0 + 10, 8));
+        assert!(daily_due_at(dir, T0 + DAY_SECS, 8));
+        // Once it is on disk, checkpoints reach the main file again.
+        let busy: i64 = col
+            .query_row("pragma wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 0);
+        drop(col);
+        assert_eq!(notes(dir), 3020);
+    }
+
+    #[test]
+    fn a_backup_before_an_upload_waits_for_the_days_first_one() {
+        let user = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 500);
+        let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
+        let daily = daily_in_background_at(dir, &col, T0, 8).unwrap();
+        let Daily::Background(thread) = daily else {
+            panic!("backed up in the background");
+        };
+        drop(col);
+        take(dir, Reason::BeforeUpload);
+        assert!(!in_flight(dir));
+        let backups = list(dir).unwrap();
+        assert_eq!(backups.len(), 2);
+        for backup in &backups {
+            assert_eq!(notes_in(backup, scratch.path()), 500);
+        }
+        assert!(thread.join().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_collection_in_rollback_mode_is_left_to_the_caller_and_an_empty_one_skipped() {
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 0);
+        let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
+        assert!(matches!(
+            daily_in_background_at(dir, &col, T0, 8).unwrap(),
+            Daily::Skipped
+        ));
+        fill(dir, 4);
+        let mode: String = col
+            .query_row("pragma journal_mode = delete", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        assert!(matches!(
+            daily_in_background_at(dir, &col, T0, 8).unwrap(),
+            Daily::NotWal
+        ));
+        assert!(list(dir).unwrap().is_empty());
     }
 
     #[test]

@@ -266,6 +266,24 @@ impl UserState {
         }
     }
 
+    /// The day's first backup, written in the background from a pinned
+    /// state of the open collection ([`backup::daily_in_background`]), so
+    /// the sync does not wait for it; a collection in rollback-journal mode
+    /// is backed up, closed, before the sync instead. A failed backup only
+    /// warns.
+    pub(super) fn daily_backup(&mut self) {
+        let dir = self.dir.clone();
+        let started = self
+            .collection()
+            .map_err(|e| e.to_string())
+            .and_then(|col| backup::daily_in_background(&dir, col).map_err(|e| e.to_string()));
+        match started {
+            Ok(backup::Daily::NotWal) => self.backup(Reason::Daily),
+            Ok(backup::Daily::Skipped | backup::Daily::Background(_)) => {}
+            Err(e) => warn!("daily backup in {} failed: {e}", dir.display()),
+        }
+    }
+
     /// Takes a backup of the collection, closing it first (the next use
     /// reopens it). A failed backup only warns.
     pub(super) fn backup(&mut self, reason: Reason) {

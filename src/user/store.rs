@@ -78,8 +78,10 @@ impl UserStore {
         }
     }
 
-    /// Closes every collection and media database (at shutdown).
+    /// Closes every collection and media database (at shutdown), once the
+    /// day's first backups still being written are on disk.
     pub fn close_all(&self) {
+        crate::backup::wait_all();
         for slot in self.all() {
             slot.close();
             slot.media.close();

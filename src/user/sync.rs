@@ -11,7 +11,7 @@ use log::{info, warn};
 use rusqlite::Connection;
 
 use super::slot::{UserSlot, UserState};
-use crate::backup::{self, Reason};
+use crate::backup;
 use crate::collection::state::{StepAnswer, Summary, SyncState};
 use crate::error::{OrSyncError, SyncError};
 
@@ -44,7 +44,7 @@ impl UserSlot {
         let mut user = self.lock();
         user.abort_sync();
         if backup::daily_due(user.dir()) {
-            user.backup(Reason::Daily);
+            user.daily_backup();
         }
         begin(&mut user, session, client_usn, client_is_newer)?;
         step(&mut user, &self.name, session, received, op)
