@@ -324,12 +324,20 @@ fn in_flight(dir: &Path) -> bool {
     running.iter().any(|d| d == dir)
 }
 
-/// Waits until the user's background backup, if any, is on disk.
-fn wait_for(dir: &Path) {
+/// Waits until the user's background backup, if any, is on disk (and its
+/// reader gone, so checkpoints reach the main file again).
+pub fn wait_for(dir: &Path) {
     let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
     while running.iter().any(|d| d == dir) {
         running = DONE.wait(running).unwrap_or_else(PoisonError::into_inner);
     }
+}
+
+/// Holds back every background backup until dropped (tests: to be sure a
+/// backup is still running at some point).
+#[cfg(test)]
+pub(crate) fn hold_background_backups() -> std::sync::MutexGuard<'static, ()> {
+    WRITING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Waits until every background backup is on disk (at shutdown).

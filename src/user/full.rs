@@ -9,7 +9,7 @@ use std::fs::File;
 use log::{info, warn};
 
 use super::slot::{UserGuard, UserSlot};
-use crate::backup::Reason;
+use crate::backup::{self, Reason};
 use crate::collection::full;
 use crate::error::SyncError;
 use crate::storage::TempFile;
@@ -52,6 +52,9 @@ impl UserSlot {
     pub fn download(&self, legacy: bool, now_ms: i64) -> Result<Download<'_>, SyncError> {
         let mut user = self.lock();
         user.abort_sync();
+        // The day's first backup may still pin the main file, and the
+        // download needs the WAL folded into it.
+        backup::wait_for(user.dir());
         let col = user.collection()?;
         full::prepare_download(col, now_ms)?;
         if legacy {
@@ -92,7 +95,6 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::backup;
     use crate::storage::COLLECTION_FILE;
     use crate::user::UserStore;
 
@@ -168,6 +170,34 @@ mod tests {
         let backups = backup::list(slot.dir()).unwrap();
         assert_eq!(backups.len(), 1);
         assert_eq!(backups[0].reason, Reason::BeforeUpload);
+    }
+
+    #[test]
+    fn a_download_waits_for_the_days_first_backup_still_being_written() {
+        // The backup pins the main file (no checkpoint reaches it), and a
+        // download needs the WAL folded into it.
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        let slot = store.slot("u").unwrap();
+        add_notes(&slot, 1..=20);
+        let held = backup::hold_background_backups();
+        slot.start_sync("s", 0, false, 0, |_, _| Ok(())).unwrap();
+        add_notes(&slot, 21..=30);
+        let downloading = std::thread::scope(|scope| {
+            let download = scope.spawn(|| slot.download(false, 1_800_000_000_000).map(|d| d.len));
+            // Longer than SQLite's busy timeout, which is all a checkpoint
+            // would wait for a pinning reader.
+            std::thread::sleep(std::time::Duration::from_millis(5_500));
+            let waited = !download.is_finished();
+            drop(held);
+            (waited, download.join().unwrap())
+        });
+        assert!(downloading.0, "the download waits for the backup");
+        assert!(downloading.1.is_ok(), "{:?}", downloading.1.err());
+        let backups = backup::list(slot.dir()).unwrap();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(backups[0].reason, Reason::Daily);
+        assert_eq!(notes(&slot), 30);
     }
 
     #[test]
