@@ -157,11 +157,15 @@ def cpu_snapshot(pid: int) -> CpuSnapshot:
 def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> float:
     """CPU seconds the server used between two snapshots: to the nanosecond
     while every thread of `before` still lives (new threads count whole);
-    if one has exited, its last run is lost, so the 10 ms ticks decide."""
+    if one has exited, its last run is lost, so the 10 ms ticks decide. A
+    thread born and gone between the two (ours' background backup) is in
+    neither snapshot: the ticks, which count it, decide when they exceed
+    the threads' sum by more than their rounding."""
+    ticks = after.ticks - before.ticks
     if all(tid in after.threads for tid in before.threads):
-        used = sum(ns - before.threads.get(tid, 0) for tid, ns in after.threads.items())
-        return used / 1e9
-    return after.ticks - before.ticks
+        used = sum(ns - before.threads.get(tid, 0) for tid, ns in after.threads.items()) / 1e9
+        return ticks if ticks > used + 2 / CLK_TCK else used
+    return ticks
 
 
 def rss_mb(pid: int, key: str = "VmRSS") -> float:
@@ -1659,7 +1663,8 @@ def main() -> int:
     print(f"- cells: median of {args.repeat} attempts (lowest–highest), attempts alternating "
           "between the servers; peak RSS: the highest VmHWM of those attempts")
     print("- server CPU: time on CPU of all the server's threads (/proc/PID/task/*/schedstat, "
-          f"or utime+stime at {1 / CLK_TCK:.3f} s if a thread exited meanwhile)")
+          f"or utime+stime at {1 / CLK_TCK:.3f} s if a thread exited meanwhile, or came and "
+          "went unseen)")
     print(f"- runtime: {time.monotonic() - started:.0f} s; load average (1 min) at start "
           f"{load_at_start:.2f}, at end {os.getloadavg()[0]:.2f} (other processes skew times, "
           "not memory)")
