@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::limit::{self, LimitExceeded, LimitReader};
 use super::multipart::MultipartError;
+use super::zstd_pool;
 use crate::budget::{self, Refusal};
 use crate::protocol::{SYNC_VERSION_MAX, SYNC_VERSION_MIN};
 
@@ -23,6 +24,10 @@ const RESPONSE_ZSTD_LEVEL: i32 = 1;
 /// window fills all of it, and a frame asking for more could make us
 /// allocate up to 2 GiB.
 const MAX_WINDOW_LOG: u32 = 22;
+
+/// Compressed bytes read from the socket at a time. (The zstd crate's
+/// reader asks for 128 KiB, which glibc maps and unmaps for every request.)
+const BODY_READ_BUFFER: usize = 32 * 1024;
 
 /// The parsed `anki-sync` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,8 +181,8 @@ pub fn zstd_body<'a, R: Read + 'a>(raw: R, limits: BodyLimits) -> io::Result<Box
         return Ok(Box::new(io::empty()));
     }
     let rejoined = io::Cursor::new(first).chain(compressed);
-    let mut decoder = zstd::stream::read::Decoder::new(rejoined)?.single_frame();
-    decoder.window_log_max(MAX_WINDOW_LOG)?;
+    let buffered = io::BufReader::with_capacity(BODY_READ_BUFFER, rejoined);
+    let decoder = zstd_pool::decoder(buffered, MAX_WINDOW_LOG)?;
     Ok(Box::new(LimitReader::new(
         decoder,
         limits.decompressed,
@@ -189,7 +194,7 @@ pub fn zstd_body<'a, R: Read + 'a>(raw: R, limits: BodyLimits) -> io::Result<Box
 /// with its size known, zstd sizes its window and tables to the payload
 /// (a streaming encoder would set up, and clear, tables for 512 KiB).
 pub fn compress(payload: &[u8]) -> io::Result<Vec<u8>> {
-    zstd::bulk::compress(payload, RESPONSE_ZSTD_LEVEL)
+    zstd_pool::compress(payload, RESPONSE_ZSTD_LEVEL)
 }
 
 /// Compresses a stream (e.g. a collection file) while it is being sent.

@@ -10,6 +10,7 @@
 //! - `reply`: encoding answers; `error`: errors become statuses, once.
 //! - `login`: password logins and the throttle around them.
 //! - `park`: requests that must wait their turn, held without a worker.
+//! - `zstd_pool`: zstd contexts kept between requests.
 
 mod body;
 pub mod dispatch;
@@ -28,6 +29,7 @@ pub mod server;
 mod service;
 pub mod spill;
 mod sync_handlers;
+mod zstd_pool;
 
 pub use server::run;
 pub use service::Service;

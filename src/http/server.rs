@@ -113,6 +113,7 @@ pub fn run(
         }
         if last_sweep.elapsed() >= IDLE_SWEEP_EVERY {
             service.store.close_idle(idle);
+            super::zstd_pool::release_if_idle(idle);
             last_sweep = Instant::now();
         }
     }
