@@ -138,8 +138,8 @@ pub struct Server {
     // when set to true, all the subtasks will close within a few hundreds ms
     close: Arc<AtomicBool>,
 
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
+    // requests read by the connection threads (and requeued ones)
+    messages: Arc<MessagesQueue<Request>>,
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
@@ -151,22 +151,10 @@ pub struct Server {
     registry: Arc<limits::Registry>,
 }
 
-enum Message {
-    Error(IoError),
-    NewRequest(Request),
-}
-
-impl From<IoError> for Message {
-    fn from(e: IoError) -> Message {
-        Message::Error(e)
-    }
-}
-
-impl From<Request> for Message {
-    fn from(rq: Request) -> Message {
-        Message::NewRequest(rq)
-    }
-}
+/// How long the accept loop waits after an error that is not transient
+/// (anki-sync-lite patch 5): at first, and at most while it lasts.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(5);
 
 // A `Server` is shared by worker threads.
 const _: () = {
@@ -315,6 +303,7 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            let mut backoff = MIN_ACCEPT_BACKOFF;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
@@ -374,12 +363,12 @@ impl Server {
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
+                                        messages.push(rq.with_notify_sender(sender.clone()));
                                         receiver.recv().unwrap();
                                     }
                                 } else {
                                     for rq in client {
-                                        messages.push(rq.into());
+                                        messages.push(rq);
                                     }
                                 }
                             }
@@ -394,12 +383,20 @@ impl Server {
                         thread::sleep(Duration::from_millis(50));
                     }
 
+                    // Nor do other errors: the listener is still ours, so
+                    // it is tried again, less often while the error lasts.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        log::error!(
+                            "Error accepting new client (retrying in {:?}): {}",
+                            backoff,
+                            e
+                        );
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                        continue;
                     }
                 }
+                backoff = MIN_ACCEPT_BACKOFF;
             }
             log::debug!("Terminating accept thread");
         });
@@ -436,8 +433,7 @@ impl Server {
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
         match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(rq),
+            Some(rq) => Ok(rq),
             None => Err(IoError::other("thread unblocked")),
         }
     }
@@ -445,8 +441,7 @@ impl Server {
     /// Same as `recv()` but doesn't block longer than timeout
     pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
         match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
+            Some(rq) => Ok(Some(rq)),
             None => Ok(None),
         }
     }
@@ -454,10 +449,18 @@ impl Server {
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
         match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
+            Some(rq) => Ok(Some(rq)),
             None => Ok(None),
         }
+    }
+
+    /// Puts `rq` back in the queue, behind the requests already there, for
+    /// the next `recv`; [`Request::requeued`] tells it apart (anki-sync-lite
+    /// patch 11). An application that holds requests back for a while (a
+    /// throttled login) returns them to the threads serving the queue.
+    pub fn requeue(&self, mut rq: Request) {
+        rq.mark_requeued();
+        self.messages.push(rq);
     }
 
     /// Unblock thread stuck in recv() or incoming_requests().
@@ -530,5 +533,35 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_requeued_request_comes_back_marked_and_can_be_answered() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let first = server.recv().unwrap();
+        assert!(!first.requeued());
+        server.requeue(first);
+        let again = server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("the requeued request");
+        assert!(again.requeued());
+        assert_eq!(again.url(), "/x");
+        again.respond(Response::from_string("ok")).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
     }
 }

@@ -83,6 +83,9 @@ pub struct Request {
     // anki-sync-lite: the connection (`None` for a `TestRequest`), closed
     // after the answer if the body is left unread
     slot: Option<Arc<Slot>>,
+
+    // anki-sync-lite patch 11: put back by `Server::requeue`
+    requeued: bool,
 }
 
 /// A request body that knows whether it has been read to its end.
@@ -228,10 +231,22 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         slot,
+        requeued: false,
     })
 }
 
 impl Request {
+    /// True if this request was put back by [`Server::requeue`](crate::Server::requeue)
+    /// (anki-sync-lite patch 11).
+    #[inline]
+    pub fn requeued(&self) -> bool {
+        self.requeued
+    }
+
+    pub(crate) fn mark_requeued(&mut self) {
+        self.requeued = true;
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {
