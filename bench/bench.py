@@ -773,7 +773,9 @@ class Devices:
 def open_devices(server: Server, prepared: Prepared, tmp: Path,
                  account: tuple[str, str]) -> Devices:
     """Both devices of `account` holding `prepared`, after one untimed
-    normal sync each (see above)."""
+    normal sync each (see above), and (ours) once the day's backup that the
+    first of them started in the background is on disk: it is timed in the
+    first-sync rows, and would otherwise run beside the first timed syncs."""
     user, password = account
     a_path, b_path = two_devices(server, prepared.path, tmp, user, password)
     a, b = opened(a_path), opened(b_path)
@@ -781,8 +783,11 @@ def open_devices(server: Server, prepared: Prepared, tmp: Path,
         devices = Devices(server, user, a, b, login(a, server, user, password),
                           login(b, server, user, password))
         edit_note(a, min(a.find_notes("")), f"set-up sync on {server.kind}")
+        started = time.perf_counter()
         normal_sync(server, a, devices.auth_a)
         normal_sync(server, b, devices.auth_b)
+        if server.kind == "ours":
+            wait_for_daily_backup(server, user, started)
         return devices
     except BaseException:
         a.close()
@@ -1045,6 +1050,17 @@ def daily_backup_today(server: Server, user: str) -> bool:
                for _, when, reason in our_backups(server, user))
 
 
+def wait_for_daily_backup(server: Server, user: str, since: float) -> None:
+    """Waits until ours' daily backup of `user`, started by a sync at
+    `since` (perf_counter), is on disk."""
+    while not daily_backup_today(server, user):
+        server.check_alive()
+        if time.perf_counter() - since > BACKUP_TIMEOUT:
+            raise BenchError(f"no daily backup {BACKUP_TIMEOUT:.0f} s after the day's "
+                             "first sync")
+        time.sleep(0.01)
+
+
 @dataclass
 class FirstSync:
     phase: Phase  # the sync as the client sees it
@@ -1067,12 +1083,7 @@ def first_sync_of_day(server: Server, col: Collection, auth, user: str) -> First
         raise BenchError(f"normal sync answered {outcome[0].required}")
     backup_after = None
     if server.kind == "ours":
-        while not daily_backup_today(server, user):
-            server.check_alive()
-            if time.perf_counter() - started > BACKUP_TIMEOUT:
-                raise BenchError(f"no daily backup {BACKUP_TIMEOUT:.0f} s after the day's "
-                                 "first sync")
-            time.sleep(0.01)
+        wait_for_daily_backup(server, user, started)
         backup_after = time.perf_counter() - started
     done = cpu_snapshot(server.pid)
     peak = server.peak_mb() if peak_ok else None
