@@ -11,12 +11,19 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use zstd::bulk::Compressor;
-use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
+use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 /// Contexts kept per kind: the requests a small server has in progress at
 /// once. Beyond that, a request makes its own and drops it.
-const KEEP: usize = 8;
+const KEEP: usize = 4;
+
+/// A context whose memory in use grew past this is dropped after use
+/// rather than kept, so the pool holds only what small requests need: a
+/// compressor's tables for a reply of up to some 200 KB, and a decoder that
+/// wrote at most this much of its window buffer. (A decoder allocates the
+/// frame's whole window, 2 MiB for the 26.9.3 client, but only what it
+/// writes of it takes memory.)
+const KEEP_UP_TO: usize = 512 * 1024;
 
 struct Pool<T> {
     state: Mutex<State<T>>,
@@ -50,6 +57,7 @@ impl<T> Pool<T> {
         Ok(Pooled {
             item: Some(item),
             pool: self,
+            keep: true,
         })
     }
 
@@ -78,10 +86,12 @@ impl<T> Pool<T> {
     }
 }
 
-/// A context on loan from a pool; given back when dropped.
+/// A context on loan from a pool; given back when dropped, unless it grew
+/// too large to keep.
 struct Pooled<T: 'static> {
     item: Option<T>,
     pool: &'static Pool<T>,
+    keep: bool,
 }
 
 impl<T> Deref for Pooled<T> {
@@ -99,14 +109,14 @@ impl<T> DerefMut for Pooled<T> {
 
 impl<T> Drop for Pooled<T> {
     fn drop(&mut self) {
-        if let Some(item) = self.item.take() {
+        if let Some(item) = self.item.take().filter(|_| self.keep) {
             self.pool.give_back(item);
         }
     }
 }
 
 static DECODERS: Pool<DCtx<'static>> = Pool::new();
-static COMPRESSORS: Pool<Compressor<'static>> = Pool::new();
+static COMPRESSORS: Pool<CCtx<'static>> = Pool::new();
 
 /// Empties the pools if no request used them for `idle`; how many contexts
 /// were dropped.
@@ -116,9 +126,15 @@ pub fn release_if_idle(idle: Duration) -> usize {
 
 /// Compresses `payload` in one call at `level` with a kept context.
 pub fn compress(payload: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    let mut compressor = COMPRESSORS.take(|| Compressor::new(level))?;
-    compressor.set_compression_level(level)?;
-    compressor.compress(payload)
+    let mut context = COMPRESSORS.take(|| Ok(CCtx::create()))?;
+    // (compress2 starts a new frame whatever the context did before.)
+    context
+        .set_parameter(CParameter::CompressionLevel(level))
+        .map_err(zstd_error)?;
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(payload.len()));
+    context.compress2(&mut frame, payload).map_err(zstd_error)?;
+    context.keep = context.sizeof() <= KEEP_UP_TO;
+    Ok(frame)
 }
 
 /// Decodes the first zstd frame of `source` as it is read, with a kept
@@ -138,6 +154,7 @@ pub fn decoder<R: BufRead>(source: R, window_log_max: u32) -> io::Result<FrameDe
     Ok(FrameDecoder {
         source,
         context,
+        decoded: 0,
         done: false,
     })
 }
@@ -146,6 +163,7 @@ pub fn decoder<R: BufRead>(source: R, window_log_max: u32) -> io::Result<FrameDe
 pub struct FrameDecoder<R> {
     source: R,
     context: Pooled<DCtx<'static>>,
+    decoded: usize,
     done: bool,
 }
 
@@ -168,6 +186,10 @@ impl<R: BufRead> Read for FrameDecoder<R> {
             // 0: the frame is decoded and all of it handed out.
             self.done = hint == 0;
             if written > 0 {
+                self.decoded = self.decoded.saturating_add(written);
+                if self.decoded > KEEP_UP_TO {
+                    self.context.keep = false;
+                }
                 return Ok(written);
             }
             if at_end && consumed == 0 && !self.done {
@@ -198,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_and_reuses_contexts() {
+    fn round_trips_with_contexts_used_before() {
         let text: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
@@ -207,8 +229,6 @@ mod tests {
             assert!(frame.len() < text.len() / 4);
             assert_eq!(decode(&frame).unwrap(), text);
         }
-        assert!(COMPRESSORS.kept() >= 1);
-        assert!(DECODERS.kept() >= 1);
     }
 
     #[test]
@@ -248,6 +268,26 @@ mod tests {
             err.to_string().contains("Frame requires too much memory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn contexts_that_grew_large_are_not_kept() {
+        // Decoders: kept after a small body, not after a large one.
+        let small = zstd::encode_all(&b"small"[..], 1).unwrap();
+        let large = zstd::encode_all(&vec![3u8; KEEP_UP_TO + 1][..], 1).unwrap();
+        for (frame, kept) in [(&small, true), (&large, false)] {
+            let mut decoder = decoder(&frame[..], 22).unwrap();
+            io::copy(&mut decoder, &mut io::sink()).unwrap();
+            assert_eq!(decoder.context.keep, kept);
+        }
+        // Compressors: kept after a small reply, not after a large one.
+        let text = |n: usize| -> Vec<u8> { (0..n as u32).flat_map(|i| i.to_le_bytes()).collect() };
+        for (n, kept) in [(10_000, true), (1_000_000, false)] {
+            let mut context = COMPRESSORS.take(|| Ok(CCtx::create())).unwrap();
+            let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(n * 4));
+            context.compress2(&mut frame, &text(n)).unwrap();
+            assert_eq!(context.sizeof() <= KEEP_UP_TO, kept, "{}", context.sizeof());
+        }
     }
 
     #[test]
