@@ -572,16 +572,7 @@ mod tests {
     }
 
     fn state(client_is_newer: bool) -> SyncState {
-        SyncState {
-            session: "s".into(),
-            server_usn: 5,
-            client_usn: 3,
-            client_is_newer,
-            pending: None,
-            sent: 0,
-            received: 0,
-            started: std::time::Instant::now(),
-        }
+        SyncState::new("s", 5, 3, client_is_newer)
     }
 
     #[test]

@@ -589,16 +589,7 @@ mod tests {
     }
 
     fn state(client_usn: i32, server_usn: i32) -> SyncState {
-        SyncState {
-            session: "s".into(),
-            server_usn,
-            client_usn,
-            client_is_newer: false,
-            pending: None,
-            sent: 0,
-            received: 0,
-            started: std::time::Instant::now(),
-        }
+        SyncState::new("s", server_usn, client_usn, false)
     }
 
     fn note(id: i64, modified: i64, flds: &str) -> Value {

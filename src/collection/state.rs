@@ -27,6 +27,10 @@ pub struct SyncState {
     pub sent: usize,
     pub received: usize,
     pub started: Instant,
+    /// Held while this sync lives (it is dropped with it, however the sync
+    /// ends), if the sync started the day's backup: the backup compresses
+    /// once the sync is over ([`crate::backup::Hold`]).
+    pub backup_hold: Option<crate::backup::Hold>,
 }
 
 impl SyncState {
@@ -40,6 +44,7 @@ impl SyncState {
             sent: 0,
             received: 0,
             started: Instant::now(),
+            backup_hold: None,
         }
     }
 }

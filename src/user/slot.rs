@@ -271,17 +271,24 @@ impl UserState {
     /// the sync does not wait for it; a collection in rollback-journal mode
     /// is backed up, closed, before the sync instead. A failed backup only
     /// warns.
-    pub(super) fn daily_backup(&mut self) {
+    /// The sync keeps the returned hold: the backup compresses once it is
+    /// dropped ([`backup::Hold`]).
+    pub(super) fn daily_backup(&mut self) -> Option<backup::Hold> {
         let dir = self.dir.clone();
+        let (hold, release) = backup::hold();
         let started = self
             .collection()
             .map_err(|e| e.to_string())
-            .and_then(|col| backup::daily_in_background(&dir, col).map_err(|e| e.to_string()));
+            .and_then(|col| {
+                backup::daily_in_background(&dir, col, Some(release)).map_err(|e| e.to_string())
+            });
         match started {
+            Ok(backup::Daily::Background(_)) => return Some(hold),
             Ok(backup::Daily::NotWal) => self.backup(Reason::Daily),
-            Ok(backup::Daily::Skipped | backup::Daily::Background(_)) => {}
+            Ok(backup::Daily::Skipped) => {}
             Err(e) => warn!("daily backup in {} failed: {e}", dir.display()),
         }
+        None
     }
 
     /// Takes a backup of the collection, closing it first (the next use

@@ -78,14 +78,16 @@ impl UserStore {
         }
     }
 
-    /// Closes every collection and media database (at shutdown), once the
-    /// day's first backups still being written are on disk.
+    /// Closes every collection and media database (at shutdown), then
+    /// waits until the day's first backups still being written are on disk
+    /// (closing ends the syncs they were waiting for; each backup reads its
+    /// own pinned connection, which closing the user's does not disturb).
     pub fn close_all(&self) {
-        crate::backup::wait_all();
         for slot in self.all() {
             slot.close();
             slot.media.close();
         }
+        crate::backup::wait_all();
     }
 }
 

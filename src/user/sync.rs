@@ -43,10 +43,12 @@ impl UserSlot {
         require_session(session)?;
         let mut user = self.lock();
         user.abort_sync();
-        if backup::daily_due(user.dir()) {
-            user.daily_backup();
-        }
-        begin(&mut user, session, client_usn, client_is_newer)?;
+        let hold = if backup::daily_due(user.dir()) {
+            user.daily_backup()
+        } else {
+            None
+        };
+        begin(&mut user, session, client_usn, client_is_newer, hold)?;
         step(&mut user, &self.name, session, received, op)
     }
 
@@ -132,12 +134,14 @@ fn owner_check(user: &UserState, session: &str) -> Result<(), SyncError> {
     }
 }
 
-/// Opens the sync's transaction and its state.
+/// Opens the sync's transaction and its state, which keeps `hold` (the
+/// day's backup, if this sync started it, waits for the sync to end).
 fn begin(
     user: &mut UserState,
     session: &str,
     client_usn: i32,
     client_is_newer: bool,
+    hold: Option<backup::Hold>,
 ) -> Result<(), SyncError> {
     let col = user.collection()?;
     col.execute_batch("begin immediate")?;
@@ -151,12 +155,9 @@ fn begin(
             return Err(e.into());
         }
     };
-    user.sync = Some(SyncState::new(
-        session,
-        server_usn,
-        client_usn,
-        client_is_newer,
-    ));
+    let mut state = SyncState::new(session, server_usn, client_usn, client_is_newer);
+    state.backup_hold = hold;
+    user.sync = Some(state);
     Ok(())
 }
 
