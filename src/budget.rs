@@ -209,6 +209,16 @@ impl<'b> Account<'b> {
         self.set_check();
     }
 
+    /// A whole body of `bytes` (at most the allowance, and so at most an
+    /// item) was read into memory to be parsed from there: it counts as
+    /// consumed, and not as held, so batches are applied by their item count
+    /// alone. Its bytes are not metered again.
+    pub fn hold_whole(&self, bytes: u64) {
+        debug_assert!(bytes <= self.limits.allowance.min(self.limits.item));
+        self.consumed.set(self.consumed.get() + bytes);
+        self.flushed();
+    }
+
     /// Bytes read since the last applied batch: an upper bound of what the
     /// decoded batch holds.
     pub fn held(&self) -> u64 {

@@ -92,14 +92,16 @@ pub fn receive<R: Read>(
         apply(batch)
     };
     let mut changes = Batcher::new(account, &stash, &mut counted);
-    decode::run(body, account, &stash, |parser| {
+    decode::run(
+        body,
+        account,
+        &stash,
         Field {
             name: "changes",
             seed: ChangesSeed(&mut changes),
             account,
-        }
-        .deserialize(parser)
-    })?;
+        },
+    )?;
     drop(changes);
     Ok(objects)
 }

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use prost::Message;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{CachedStatement, Connection, OptionalExtension};
 use serde::Serialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -62,14 +62,16 @@ pub fn receive<R: Read>(
 ) -> Result<usize, DecodeError> {
     let stash = Stash::default();
     let mut rows = Batcher::new(account, &stash, apply).at_most(MAX_ROWS_PER_CHUNK, "rows");
-    decode::run(body, account, &stash, |parser| {
+    decode::run(
+        body,
+        account,
+        &stash,
         Field {
             name: "chunk",
             seed: ChunkSeed(&mut rows),
             account,
-        }
-        .deserialize(parser)
-    })?;
+        },
+    )?;
     Ok(rows.total())
 }
 
@@ -293,124 +295,113 @@ fn card_row(col: &Connection, id: i64) -> Result<Option<CardRow>, SyncError> {
         .optional()?)
 }
 
-/// Merges a chunk from the client: revlog, then cards, then notes. Each
-/// kind's winning rows are written with a few multi-row statements (see
-/// [`Inserts`]).
+/// Merges a chunk from the client: revlog, then cards, then notes, each row
+/// written as it is merged (see [`Merge`]).
 pub fn apply(col: &Connection, state: &SyncState, chunk: &mut Chunk) -> Result<(), SyncError> {
-    let mut revlog = Inserts::new(REVLOG_INSERT, 9);
+    let mut revlog = col.prepare_cached(REVLOG_INSERT)?;
     for row in &chunk.revlog {
-        revlog.add_all(revlog_values(row, state.server_usn));
+        execute(&mut revlog, revlog_values(row, state.server_usn))?;
     }
-    revlog.write(col)?;
-    let mut cards = Inserts::new(CARD_INSERT, 18);
+    let mut cards = Merge::new(col, "cards", CARD_COLUMNS)?;
     for row in &mut chunk.cards {
-        if let Some((id, modified, values)) = card_values(col, row, state, &cards)? {
-            cards.merge(id, modified, values);
+        if cards.incoming_wins(row.id, row.mtime, state.client_usn)? {
+            cards.write(card_values(row, state))?;
         }
     }
-    cards.write(col)?;
-    let mut notes = Inserts::new(NOTE_INSERT, 11);
+    let mut notes = Merge::new(col, "notes", NOTE_COLUMNS)?;
     let mut notetypes = NotetypeCache::default();
     for row in &mut chunk.notes {
-        if let Some((id, modified, values)) = note_values(col, row, state, &notes, &mut notetypes)?
-        {
-            notes.merge(id, modified, values);
+        if notes.incoming_wins(row.id, row.mtime, state.client_usn)? {
+            notes.write(note_values(col, row, state, &mut notetypes)?)?;
         }
     }
-    notes.write(col)
+    Ok(())
 }
 
-const REVLOG_INSERT: &str =
-    "insert or ignore into revlog (id, cid, usn, ease, ivl, lastIvl, factor, time, type) values ";
-const CARD_INSERT: &str = "insert or replace into cards (id, nid, did, ord, mod, usn, type, \
-     queue, due, ivl, factor, reps, lapses, left, odue, odid, flags, data) values ";
-const NOTE_INSERT: &str = "insert or replace into notes (id, guid, mid, mod, usn, tags, flds, sfld, csum, flags, data) \
-     values ";
+/// One row per statement: a single-row `insert or ignore`, `insert` or
+/// `update ... where id = ?` changes its row only after every constraint
+/// passed, so SQLite keeps no statement journal for it. (A multi-row insert,
+/// or an `insert or replace` on a table with indexes, copies every page it
+/// changes into one first: a tenth of a large sync's instructions.)
+const REVLOG_INSERT: &str = "insert or ignore into revlog \
+     (id, cid, usn, ease, ivl, lastIvl, factor, time, type) values (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const CARD_COLUMNS: &[&str] = &[
+    "id", "nid", "did", "ord", "mod", "usn", "type", "queue", "due", "ivl", "factor", "reps",
+    "lapses", "left", "odue", "odid", "flags", "data",
+];
+const NOTE_COLUMNS: &[&str] = &[
+    "id", "guid", "mid", "mod", "usn", "tags", "flds", "sfld", "csum", "flags", "data",
+];
 
-/// Rows per insert statement. Inside the sync's transaction every insert
-/// that may fail keeps a statement journal: a copy of each page it changes.
-/// One row per statement copied the same leaf and index pages over and over
-/// (a fifth of a large sync's instructions); a statement of many rows
-/// copies each page once. A prepared statement grows with its rows (about
-/// 5 KB each) and stays in the connection's statement cache, so this is
-/// kept small: 25 rows already copy each page far fewer times, and divide a
-/// full chunk of 250.
-const ROWS_PER_STATEMENT: usize = 25;
-
-/// The rows of one table a chunk writes, in arrival order.
-struct Inserts {
-    insert: &'static str,
-    width: usize,
-    values: Vec<SqlValue>,
-    /// id → (row index, mod) of the winning row so far, for ids met twice.
-    index: HashMap<i64, (usize, i64)>,
+/// Binds `values` in order and runs the statement once. Each value moves
+/// into SQLite's copy and is dropped here, so a large note is not held a
+/// third time while its row is written.
+fn execute(statement: &mut CachedStatement<'_>, values: Vec<SqlValue>) -> Result<(), SyncError> {
+    for (at, value) in values.into_iter().enumerate() {
+        statement.raw_bind_parameter(at + 1, value)?;
+    }
+    statement.raw_execute()?;
+    Ok(())
 }
 
-impl Inserts {
-    fn new(insert: &'static str, width: usize) -> Inserts {
-        Inserts {
-            insert,
-            width,
-            values: Vec::new(),
-            index: HashMap::new(),
+/// The merge of one table's incoming rows (notes or cards), prepared once
+/// per chunk: the look-up of the server's copy, and the insert or update
+/// that writes a winning row. Rows are written one by one, so an id met
+/// twice in a chunk merges against its first copy, as written in this sync.
+struct Merge<'c> {
+    existing: CachedStatement<'c>,
+    insert: CachedStatement<'c>,
+    update: CachedStatement<'c>,
+    /// Whether the row the last look-up was for exists.
+    exists: bool,
+}
+
+impl<'c> Merge<'c> {
+    fn new(col: &'c Connection, table: &str, columns: &[&str]) -> Result<Merge<'c>, SyncError> {
+        let marks = vec!["?"; columns.len()].join(", ");
+        let sets: Vec<String> = (1..columns.len())
+            .map(|at| format!("{} = ?{}", columns[at], at + 1))
+            .collect();
+        Ok(Merge {
+            existing: col.prepare_cached(&format!("select usn, mod from {table} where id = ?"))?,
+            insert: col.prepare_cached(&format!(
+                "insert into {table} ({}) values ({marks})",
+                columns.join(", ")
+            ))?,
+            update: col.prepare_cached(&format!(
+                "update {table} set {} where id = ?1",
+                sets.join(", ")
+            ))?,
+            exists: false,
+        })
+    }
+
+    /// The merge rule for notes and cards: take the incoming copy unless ours
+    /// changed since the client's last sync and is at least as new.
+    fn incoming_wins(
+        &mut self,
+        id: i64,
+        incoming_mod: i64,
+        client_usn: i32,
+    ) -> Result<bool, SyncError> {
+        let existing: Option<(i64, i64)> = self
+            .existing
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        self.exists = existing.is_some();
+        Ok(match existing {
+            None => true,
+            Some((usn, modified)) => usn < i64::from(client_usn) || incoming_mod > modified,
+        })
+    }
+
+    /// Writes the winning row (id first) the last look-up was for.
+    fn write(&mut self, values: Vec<SqlValue>) -> Result<(), SyncError> {
+        if self.exists {
+            execute(&mut self.update, values)
+        } else {
+            execute(&mut self.insert, values)
         }
-    }
-
-    fn add_all(&mut self, row: Vec<SqlValue>) {
-        debug_assert_eq!(row.len(), self.width);
-        self.values.extend(row);
-    }
-
-    /// The `mod` of the row already waiting for `id`, if any.
-    fn pending_mod(&self, id: i64) -> Option<i64> {
-        self.index.get(&id).map(|&(_, modified)| modified)
-    }
-
-    /// Adds a winning row; for an id already waiting it replaces that row,
-    /// as a second statement would have replaced the first's row.
-    fn merge(&mut self, id: i64, modified: i64, row: Vec<SqlValue>) {
-        debug_assert_eq!(row.len(), self.width);
-        match self.index.get_mut(&id) {
-            Some((at, pending)) => {
-                let start = *at * self.width;
-                self.values.splice(start..start + self.width, row);
-                *pending = modified;
-            }
-            None => {
-                self.index
-                    .insert(id, (self.values.len() / self.width, modified));
-                self.values.extend(row);
-            }
-        }
-    }
-
-    /// Full groups of [`ROWS_PER_STATEMENT`] rows with one statement, the
-    /// rest (none for a full chunk of 250) one row at a time: both
-    /// statements stay prepared in the connection's cache.
-    ///
-    /// Each value is dropped as soon as SQLite holds its own copy, so a large
-    /// note is not held a third time while its row is written.
-    fn write(self, col: &Connection) -> Result<(), SyncError> {
-        let group = self.width * ROWS_PER_STATEMENT;
-        let full = self.values.len() / group * group;
-        let rest = self.values.len() - full;
-        let mut values = self.values.into_iter();
-        for (count, rows) in [(full, ROWS_PER_STATEMENT), (rest, 1)] {
-            if count == 0 {
-                continue;
-            }
-            let one = format!("({})", vec!["?"; self.width].join(", "));
-            let sql = format!("{}{}", self.insert, vec![one; rows].join(", "));
-            let mut statement = col.prepare_cached(&sql)?;
-            let per_statement = self.width * rows;
-            for _ in 0..count / per_statement {
-                for (at, value) in values.by_ref().take(per_statement).enumerate() {
-                    statement.raw_bind_parameter(at + 1, value)?;
-                }
-                statement.raw_execute()?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -428,48 +419,13 @@ fn revlog_values(row: &RevlogRow, usn: i32) -> Vec<SqlValue> {
     ]
 }
 
-/// The merge rule for notes and cards: take the incoming copy unless ours
-/// changed since the client's last sync and is at least as new.
-/// A row of this chunk already waiting for `id` counts as ours, written in
-/// this sync.
-fn incoming_wins(
-    col: &Connection,
-    table: &str,
-    id: i64,
-    incoming_mod: i64,
-    client_usn: i32,
-    pending: &Inserts,
-) -> Result<bool, SyncError> {
-    if let Some(modified) = pending.pending_mod(id) {
-        return Ok(incoming_mod > modified);
-    }
-    let existing: Option<(i64, i64)> = col
-        .prepare_cached(&format!("select usn, mod from {table} where id = ?"))?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    Ok(match existing {
-        None => true,
-        Some((usn, modified)) => usn < i64::from(client_usn) || incoming_mod > modified,
-    })
-}
-
-/// A card that wins the merge: (id, mod, the values to insert).
-type Winner = Option<(i64, i64, Vec<SqlValue>)>;
-
-fn card_values(
-    col: &Connection,
-    row: &mut CardRow,
-    state: &SyncState,
-    pending: &Inserts,
-) -> Result<Winner, SyncError> {
-    if !incoming_wins(col, "cards", row.id, row.mtime, state.client_usn, pending)? {
-        return Ok(None);
-    }
+/// A winning card's values, in `CARD_COLUMNS` order.
+fn card_values(row: &mut CardRow, state: &SyncState) -> Vec<SqlValue> {
     let mut values: Vec<SqlValue> = row.ints().into_iter().map(SqlValue::from).collect();
     values[5] = i64::from(state.server_usn).into();
     values[9] = row.ivl.max(0).into();
     values.push(std::mem::take(&mut row.data).into());
-    Ok(Some((row.id, row.mtime, values)))
+    values
 }
 
 /// Field count and sort field of each notetype met in a chunk.
@@ -502,17 +458,16 @@ impl NotetypeCache {
     }
 }
 
+/// A winning note's values, in `NOTE_COLUMNS` order, with the columns the
+/// server derives (sort field, checksum); refused if its notetype is unknown
+/// or its field count is not the notetype's.
 fn note_values(
     col: &Connection,
     row: &mut NoteRow,
     state: &SyncState,
-    pending: &Inserts,
     notetypes: &mut NotetypeCache,
-) -> Result<Winner, SyncError> {
+) -> Result<Vec<SqlValue>, SyncError> {
     let (id, mid) = (row.id, row.mid);
-    if !incoming_wins(col, "notes", id, row.mtime, state.client_usn, pending)? {
-        return Ok(None);
-    }
     let (field_count, sort_idx) = notetypes.get(col, mid)?;
     // The fields arrive without control characters (see `rows`).
     let fields: Vec<&str> = row.fields.split('\x1f').collect();
@@ -542,7 +497,7 @@ fn note_values(
         0i64.into(),
         String::new().into(),
     ];
-    Ok(Some((id, row.mtime, values)))
+    Ok(values)
 }
 
 /// Tags split on ASCII and ideographic spaces, re-joined with one leading
@@ -723,9 +678,9 @@ mod tests {
     }
 
     #[test]
-    fn chunks_longer_than_one_statement_write_every_row() {
+    fn chunks_of_many_rows_write_every_row() {
         let c = db();
-        let count = ROWS_PER_STATEMENT * 2 + 7;
+        let count = 57;
         let notes = (1..=count as i64)
             .map(|id| note(id, 100, &format!("n{id}\x1fx")))
             .collect();
@@ -944,6 +899,63 @@ mod tests {
             .query_row("select count() from notes", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, 300);
+    }
+
+    #[test]
+    fn a_small_body_parsed_whole_merges_as_one_streamed() {
+        let chunk = json!({
+            "done": false,
+            "notes": (1..=40).map(|i| note(i, 1, &format!("n{i}\x1fb"))).collect::<Vec<_>>(),
+            "cards": (1..=40).map(|i| card(i, 1, i as f64)).collect::<Vec<_>>(),
+            "revlog": [[5, 1, 0, 3, 4, 1, 2500, 6000, 1]],
+        });
+        let body = serde_json::to_vec(&json!({ "chunk": chunk }))
+            .unwrap()
+            .len() as u64;
+        let dump = |c: &Connection| -> Vec<String> {
+            ["notes", "cards", "revlog"]
+                .iter()
+                .flat_map(|table| {
+                    let mut stmt = c
+                        .prepare(&format!("select * from {table} order by id"))
+                        .unwrap();
+                    let width = stmt.column_count();
+                    stmt.query_map([], |r| {
+                        Ok((0..width)
+                            .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                            .collect::<Vec<_>>()
+                            .join("|"))
+                    })
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap()
+                })
+                .collect()
+        };
+        // The item limit below the body's size makes it stream; above, the
+        // body is read whole, and its batches are one per kind of row.
+        let streamed = Limits {
+            item: body - 1,
+            ..LIMITS
+        };
+        let whole = Limits {
+            item: body + 1,
+            ..LIMITS
+        };
+        assert!(body <= decode::WHOLE_BODY_BYTES as u64);
+        let (a, b) = (db(), db());
+        assert_eq!(
+            receive_json(&a, &state(0, 1), chunk.clone(), streamed)
+                .unwrap()
+                .0,
+            81
+        );
+        assert_eq!(
+            receive_json(&b, &state(0, 1), chunk, whole).unwrap(),
+            (81, 3)
+        );
+        assert_eq!(dump(&a).len(), 81);
+        assert_eq!(dump(&a), dump(&b));
     }
 
     #[test]

@@ -56,14 +56,16 @@ pub fn receive<R: Read>(
 ) -> Result<usize, DecodeError> {
     let stash = Stash::default();
     let mut ids = Batcher::new(account, &stash, apply).at_most(MAX_IDS_PER_REQUEST, "ids");
-    decode::run(body, account, &stash, |parser| {
+    decode::run(
+        body,
+        account,
+        &stash,
         Field {
             name: "chunk",
             seed: GravesSeed(&mut ids),
             account,
-        }
-        .deserialize(parser)
-    })?;
+        },
+    )?;
     Ok(ids.total())
 }
 
@@ -88,13 +90,15 @@ pub fn receive_start<R: Read>(
 ) -> Result<usize, DecodeError> {
     let stash = Stash::default();
     let mut ids = Batcher::new(account, &stash, apply);
-    decode::run(body, account, &stash, |parser| {
+    decode::run(
+        body,
+        account,
+        &stash,
         StartSeed {
             ids: &mut ids,
             begin,
-        }
-        .deserialize(parser)
-    })?;
+        },
+    )?;
     Ok(ids.total())
 }
 
