@@ -1,15 +1,16 @@
 //! Full sync through the per-user layer. An upload, received and checked
 //! without the lock (`collection::full`), replaces the collection under one
-//! lock hold, after a backup of the one it replaces. A download prepares and
-//! copies the collection under one lock hold too, so no `start` from another
-//! device can come in between, and sends the copy without the lock.
+//! lock hold; the one it replaces is backed up in the background after. A
+//! download prepares and copies the collection under one lock hold too, so
+//! no `start` from another device can come in between, and sends the copy
+//! without the lock.
 
 use std::fs::File;
 
 use log::{info, warn};
 
 use super::slot::{UserGuard, UserSlot};
-use crate::backup::{self, Reason};
+use crate::backup;
 use crate::collection::full;
 use crate::error::SyncError;
 use crate::storage::TempFile;
@@ -32,15 +33,20 @@ pub struct Hold<'a> {
 
 impl UserSlot {
     /// Replaces the collection with a checked upload: ends a normal sync in
-    /// progress, backs up the collection it replaces (the undo for a wrong
-    /// "upload to server"; a failed backup only warns) and renames the
-    /// upload over it.
+    /// progress, stages the collection it replaces for a backup (the undo
+    /// for a wrong "upload to server"; a failed backup only warns), renames
+    /// the upload over it, and has the staged file compressed in the
+    /// background, off the upload's critical path.
     pub fn replace_collection(&self, upload: TempFile) -> Result<(), SyncError> {
         let mut user = self.lock();
-        user.backup(Reason::BeforeUpload);
+        user.close_collection();
+        let replaced = backup::stage_replaced(user.dir());
         let target = user.collection_path();
         install::install(upload, &target)?;
         info!("installed a new collection at {}", target.display());
+        if let Some(replaced) = replaced {
+            replaced.back_up_in_background();
+        }
         Ok(())
     }
 
@@ -54,7 +60,7 @@ impl UserSlot {
         user.abort_sync();
         // The day's first backup may still pin the main file, and the
         // download needs the WAL folded into it.
-        backup::wait_for(user.dir());
+        backup::wait_for_pin(user.dir());
         let col = user.collection()?;
         full::prepare_download(col, now_ms)?;
         if legacy {
@@ -95,6 +101,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::backup::Reason;
     use crate::storage::COLLECTION_FILE;
     use crate::user::UserStore;
 
@@ -151,22 +158,61 @@ mod tests {
         assert_eq!(notes(&slot), 1);
     }
 
+    fn empty_collection() -> Vec<u8> {
+        let other = tempfile::tempdir().unwrap();
+        let path = other.path().join(COLLECTION_FILE);
+        crate::storage::create_collection(&path, 1_800_000_000_000).unwrap();
+        fs::read(path).unwrap()
+    }
+
     #[test]
-    fn an_upload_replaces_the_collection_after_backing_it_up() {
+    fn an_upload_replaces_the_collection_and_backs_the_old_one_up_after() {
         let base = tempfile::tempdir().unwrap();
         let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
         let slot = store.slot("u").unwrap();
         add_notes(&slot, 1..=2);
-        let replacement = {
-            let other = tempfile::tempdir().unwrap();
-            let path = other.path().join(COLLECTION_FILE);
-            crate::storage::create_collection(&path, 1_800_000_000_000).unwrap();
-            fs::read(path).unwrap()
-        };
-        let temp = install::receive(slot.dir(), &mut &replacement[..]).unwrap();
+        let temp = install::receive(slot.dir(), &mut &empty_collection()[..]).unwrap();
         install::validate(&temp).unwrap();
+        let staged = slot.dir().join("backups/replaced.anki2");
+        let held = backup::hold_background_backups();
         slot.replace_collection(temp).unwrap();
+        // Installed at once; the old file waits under its second name, and
+        // a download does not wait for its backup.
         assert_eq!(notes(&slot), 0);
+        assert!(staged.exists());
+        assert!(backup::list(slot.dir()).unwrap().is_empty());
+        assert!(slot.download(false, 1_800_000_000_000).unwrap().len > 0);
+        drop(held);
+        backup::wait_for(slot.dir());
+        assert!(!staged.exists());
+        let backups = backup::list(slot.dir()).unwrap();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(backups[0].reason, Reason::BeforeUpload);
+        // It is the replaced collection.
+        backup::stage_restore(slot.dir(), None, 1_900_000_000_000).unwrap();
+        assert_eq!(notes(&slot), 2);
+    }
+
+    #[test]
+    fn a_replaced_collection_a_stop_left_staged_is_backed_up_at_the_next_start() {
+        let base = tempfile::tempdir().unwrap();
+        {
+            let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+            let slot = store.slot("u").unwrap();
+            add_notes(&slot, 1..=3);
+            slot.close();
+            // What a stop between the upload and its backup leaves.
+            let backups = slot.dir().join("backups");
+            fs::create_dir_all(&backups).unwrap();
+            fs::hard_link(
+                slot.dir().join(COLLECTION_FILE),
+                backups.join("replaced.anki2"),
+            )
+            .unwrap();
+        }
+        let store = UserStore::new(base.path(), ["u"].into_iter()).unwrap();
+        let slot = store.slot("u").unwrap();
+        assert!(!slot.dir().join("backups/replaced.anki2").exists());
         let backups = backup::list(slot.dir()).unwrap();
         assert_eq!(backups.len(), 1);
         assert_eq!(backups[0].reason, Reason::BeforeUpload);

@@ -92,7 +92,8 @@ pub(super) type UserGuard<'a> = MutexGuard<'a, UserState>;
 impl UserSlot {
     /// Creates the user's folder (and `media/`), makes folders an older
     /// version left readable to others private, removes temporary files a
-    /// crash left behind, and opens the media store.
+    /// crash left behind, writes the backup of a replaced collection a stop
+    /// left staged, and opens the media store.
     pub(super) fn new(base: &Path, name: &str) -> io::Result<UserSlot> {
         let dir = base.join(name);
         crate::fsutil::create_dir_all_durable(&dir.join("media"))?;
@@ -104,6 +105,7 @@ impl UserSlot {
         let media = MediaSlot::open(&dir)?;
         temp::sweep(&dir);
         temp::sweep(&dir.join(backup::DIR));
+        backup::finish_replaced(&dir);
         Ok(UserSlot {
             name: name.to_string(),
             dir: dir.clone(),

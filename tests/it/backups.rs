@@ -90,6 +90,21 @@ fn listed_reasons(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// Waits (at most 10 s) until the collection the last upload replaced,
+/// kept under a second name until its backup is written, is backed up.
+fn settled(server: &Server) {
+    let staged = server.base_dir().join("user/backups/replaced.anki2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while staged.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stays",
+            staged.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn backup_files(server: &Server) -> Vec<PathBuf> {
     let dir = server.base_dir().join("user/backups");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -127,6 +142,8 @@ fn a_wrong_full_upload_is_undone_by_restore() {
     make(&b, 20, 2);
     assert_eq!(user.sync(&b), "FULL_SYNC");
     user.run("full-upload", Some(&b)).unwrap();
+    // The replaced collection is backed up just after the upload's answer.
+    settled(&server);
     assert_eq!(listed_reasons(&server), ["before-upload"]);
 
     let (ok, _, stderr) = cli(&server, &["backup", "restore", "user", "7"]);
@@ -205,7 +222,9 @@ fn sync_backups_bounds_what_is_kept() {
             user.sync(&path);
             user.run("full-upload", Some(&path)).unwrap();
         }
-        // Three uploads replaced a collection with notes.
+        // Three uploads replaced a collection with notes (the last one is
+        // backed up just after its answer).
+        settled(&server);
         assert_eq!(backup_files(&server).len(), want, "SYNC_BACKUPS={keep}");
     }
 }
