@@ -184,6 +184,10 @@ pub fn next(col: &Connection, state: &mut SyncState) -> Result<Chunk, SyncError>
             ..Chunk::default()
         });
     };
+    // Prepared once per chunk (not per row), as each row is one look-up.
+    let mut revlog = col.prepare_cached(REVLOG_ROW)?;
+    let mut notes = col.prepare_cached(NOTE_ROW)?;
+    let mut cards = col.prepare_cached(CARD_ROW)?;
     let mut chunk = Chunk::default();
     let mut taken = 0;
     // Round-robin, so each kind makes progress in every chunk.
@@ -191,14 +195,14 @@ pub fn next(col: &Connection, state: &mut SyncState) -> Result<Chunk, SyncError>
         && !(pending.revlog.is_empty() && pending.notes.is_empty() && pending.cards.is_empty())
     {
         if let Some(id) = pending.revlog.pop() {
-            if let Some(row) = revlog_row(col, id)? {
+            if let Some(row) = revlog_row(&mut revlog, id)? {
                 chunk.revlog.push(row);
             }
             taken += 1;
         }
         if taken < CHUNK_SIZE {
             if let Some(id) = pending.notes.pop() {
-                if let Some(row) = note_row(col, id)? {
+                if let Some(row) = note_row(&mut notes, id)? {
                     chunk.notes.push(row);
                 }
                 taken += 1;
@@ -206,7 +210,7 @@ pub fn next(col: &Connection, state: &mut SyncState) -> Result<Chunk, SyncError>
         }
         if taken < CHUNK_SIZE {
             if let Some(id) = pending.cards.pop() {
-                if let Some(row) = card_row(col, id)? {
+                if let Some(row) = card_row(&mut cards, id)? {
                     chunk.cards.push(row);
                 }
                 taken += 1;
@@ -225,10 +229,13 @@ fn ids_since(col: &Connection, table: &str, usn: i32) -> Result<Vec<i64>, SyncEr
     Ok(ids)
 }
 
-fn revlog_row(col: &Connection, id: i64) -> Result<Option<RevlogRow>, SyncError> {
-    let mut stmt = col.prepare_cached(
-        "select id, cid, usn, ease, ivl, lastIvl, factor, time, type from revlog where id = ?",
-    )?;
+const REVLOG_ROW: &str =
+    "select id, cid, usn, ease, ivl, lastIvl, factor, time, type from revlog where id = ?";
+const NOTE_ROW: &str = "select id, guid, mid, mod, usn, tags, flds from notes where id = ?";
+const CARD_ROW: &str = "select id, nid, did, ord, mod, usn, type, queue, due, ivl, factor, reps, \
+     lapses, left, odue, odid, flags, data from cards where id = ?";
+
+fn revlog_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<RevlogRow>, SyncError> {
     Ok(stmt
         .query_row([id], |r| {
             Ok(RevlogRow {
@@ -246,9 +253,7 @@ fn revlog_row(col: &Connection, id: i64) -> Result<Option<RevlogRow>, SyncError>
         .optional()?)
 }
 
-fn note_row(col: &Connection, id: i64) -> Result<Option<NoteRow>, SyncError> {
-    let mut stmt =
-        col.prepare_cached("select id, guid, mid, mod, usn, tags, flds from notes where id = ?")?;
+fn note_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<NoteRow>, SyncError> {
     Ok(stmt
         .query_row([id], |r| {
             Ok(NoteRow {
@@ -264,11 +269,7 @@ fn note_row(col: &Connection, id: i64) -> Result<Option<NoteRow>, SyncError> {
         .optional()?)
 }
 
-fn card_row(col: &Connection, id: i64) -> Result<Option<CardRow>, SyncError> {
-    let mut stmt = col.prepare_cached(
-        "select id, nid, did, ord, mod, usn, type, queue, due, ivl, factor, reps, lapses, left,
-                odue, odid, flags, data from cards where id = ?",
-    )?;
+fn card_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<CardRow>, SyncError> {
     Ok(stmt
         .query_row([id], |r| {
             Ok(CardRow {
