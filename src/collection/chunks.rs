@@ -299,28 +299,30 @@ fn card_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<CardRow>, 
 /// Merges a chunk from the client: revlog, then cards, then notes, each row
 /// written as it is merged (see [`Merge`]).
 pub fn apply(col: &Connection, state: &SyncState, chunk: &mut Chunk) -> Result<(), SyncError> {
+    chunk.revlog.sort_by_key(|r| r.id);
+    chunk.cards.sort_by_key(|r| r.id);
+    chunk.notes.sort_by_key(|r| r.id);
     let mut revlog = col.prepare_cached(REVLOG_INSERT)?;
     for row in &chunk.revlog {
         execute(&mut revlog, revlog_values(row, state.server_usn))?;
     }
     let mut cards = Merge::new(col, "cards", CARD_COLUMNS)?;
     for row in &mut chunk.cards {
-        if cards.incoming_wins(row.id, row.mtime, state.client_usn)? {
-            cards.write(card_values(row, state))?;
-        }
+        cards.write(card_values(row, state), state.client_usn)?;
     }
     let mut notes = Merge::new(col, "notes", NOTE_COLUMNS)?;
     let mut notetypes = NotetypeCache::default();
     for row in &mut chunk.notes {
-        if notes.incoming_wins(row.id, row.mtime, state.client_usn)? {
-            notes.write(note_values(col, row, state, &mut notetypes)?)?;
-        }
+        notes.write(
+            note_values(col, row, state, &mut notetypes)?,
+            state.client_usn,
+        )?;
     }
     Ok(())
 }
 
-/// One row per statement: a single-row `insert or ignore`, `insert` or
-/// `update ... where id = ?` changes its row only after every constraint
+/// One row per statement: a single-row `insert or ignore`, or `insert ...
+/// on conflict do update`, changes its row only after every constraint
 /// passed, so SQLite keeps no statement journal for it. (A multi-row insert,
 /// or an `insert or replace` on a table with indexes, copies every page it
 /// changes into one first: a tenth of a large sync's instructions.)
@@ -346,63 +348,44 @@ fn execute(statement: &mut CachedStatement<'_>, values: Vec<SqlValue>) -> Result
 }
 
 /// The merge of one table's incoming rows (notes or cards), prepared once
-/// per chunk: the look-up of the server's copy, and the insert or update
-/// that writes a winning row. Rows are written one by one, so an id met
-/// twice in a chunk merges against its first copy, as written in this sync.
+/// per chunk as one statement: a new id is inserted; an existing row is
+/// replaced by the incoming copy unless the server's copy changed since the
+/// client's last sync and is at least as new (the merge rule, in the
+/// `where` of the upsert). Rows are written one by one, so an id met twice
+/// in a chunk merges against its first copy, as written in this sync. One
+/// statement instead of a look-up and a write: the look-up was 8% of a
+/// 5,000-note upload's instructions, and the insert checks the id anyway.
 struct Merge<'c> {
-    existing: CachedStatement<'c>,
-    insert: CachedStatement<'c>,
-    update: CachedStatement<'c>,
-    /// Whether the row the last look-up was for exists.
-    exists: bool,
+    upsert: CachedStatement<'c>,
+    /// Where the client's last-sync usn is bound (after the columns).
+    client_usn_at: usize,
 }
 
 impl<'c> Merge<'c> {
     fn new(col: &'c Connection, table: &str, columns: &[&str]) -> Result<Merge<'c>, SyncError> {
         let marks = vec!["?"; columns.len()].join(", ");
-        let sets: Vec<String> = (1..columns.len())
-            .map(|at| format!("{} = ?{}", columns[at], at + 1))
+        let sets: Vec<String> = columns[1..]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
             .collect();
+        let client_usn_at = columns.len() + 1;
         Ok(Merge {
-            existing: col.prepare_cached(&format!("select usn, mod from {table} where id = ?"))?,
-            insert: col.prepare_cached(&format!(
-                "insert into {table} ({}) values ({marks})",
-                columns.join(", ")
-            ))?,
-            update: col.prepare_cached(&format!(
-                "update {table} set {} where id = ?1",
+            upsert: col.prepare_cached(&format!(
+                "insert into {table} ({}) values ({marks}) on conflict (id) do update set {} \
+                 where usn < ?{client_usn_at} or excluded.mod > mod",
+                columns.join(", "),
                 sets.join(", ")
             ))?,
-            exists: false,
+            client_usn_at,
         })
     }
 
-    /// The merge rule for notes and cards: take the incoming copy unless ours
-    /// changed since the client's last sync and is at least as new.
-    fn incoming_wins(
-        &mut self,
-        id: i64,
-        incoming_mod: i64,
-        client_usn: i32,
-    ) -> Result<bool, SyncError> {
-        let existing: Option<(i64, i64)> = self
-            .existing
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        self.exists = existing.is_some();
-        Ok(match existing {
-            None => true,
-            Some((usn, modified)) => usn < i64::from(client_usn) || incoming_mod > modified,
-        })
-    }
-
-    /// Writes the winning row (id first) the last look-up was for.
-    fn write(&mut self, values: Vec<SqlValue>) -> Result<(), SyncError> {
-        if self.exists {
-            execute(&mut self.update, values)
-        } else {
-            execute(&mut self.insert, values)
-        }
+    /// Writes an incoming row (`values` in column order, id first) by the
+    /// merge rule.
+    fn write(&mut self, values: Vec<SqlValue>, client_usn: i32) -> Result<(), SyncError> {
+        self.upsert
+            .raw_bind_parameter(self.client_usn_at, i64::from(client_usn))?;
+        execute(&mut self.upsert, values)
     }
 }
 

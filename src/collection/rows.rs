@@ -283,6 +283,13 @@ fn keep_in_fields(c: char) -> bool {
     !c.is_ascii_control() || matches!(c, '\n' | '\t' | '\x1f')
 }
 
+/// `keep_in_fields` for one byte of UTF-8: an ASCII control character is
+/// one byte that never occurs inside a longer character, so the check needs
+/// no decoding.
+fn keep_byte_in_fields(b: u8) -> bool {
+    !b.is_ascii_control() || matches!(b, b'\n' | b'\t' | b'\x1f')
+}
+
 impl<'de> DeserializeSeed<'de> for Fields {
     type Value = String;
 
@@ -299,7 +306,7 @@ impl<'de> Visitor<'de> for Fields {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        if v.chars().all(keep_in_fields) {
+        if v.bytes().all(keep_byte_in_fields) {
             Ok(v.to_owned())
         } else {
             Ok(v.chars().filter(|&c| keep_in_fields(c)).collect())
@@ -374,6 +381,22 @@ mod tests {
 
     fn revlog(text: &str) -> Result<RevlogRow, serde_json::Error> {
         RowSeed::<RevlogRow>::default().deserialize(&mut serde_json::Deserializer::from_str(text))
+    }
+
+    #[test]
+    fn the_byte_check_keeps_what_the_character_check_keeps() {
+        let chars = (0..0x3000)
+            .chain(0x1_F600..0x1_F700)
+            .filter_map(char::from_u32);
+        for c in chars {
+            let mut utf8 = [0; 4];
+            let bytes = c.encode_utf8(&mut utf8).bytes();
+            assert_eq!(
+                bytes.clone().all(keep_byte_in_fields),
+                keep_in_fields(c),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]
