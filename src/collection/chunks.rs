@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::sync::OnceLock;
 
 use prost::Message;
 use rusqlite::types::Value as SqlValue;
@@ -306,17 +307,21 @@ pub fn apply(col: &Connection, state: &SyncState, chunk: &mut Chunk) -> Result<(
     for row in &chunk.revlog {
         execute(&mut revlog, revlog_values(row, state.server_usn))?;
     }
-    let mut cards = Merge::new(col, "cards", CARD_COLUMNS)?;
-    for row in &mut chunk.cards {
-        cards.write(card_values(row, state), state.client_usn)?;
+    if !chunk.cards.is_empty() {
+        let mut cards = Merge::new(col, &CARDS)?;
+        for row in &mut chunk.cards {
+            cards.write(card_values(row, state), state.client_usn)?;
+        }
     }
-    let mut notes = Merge::new(col, "notes", NOTE_COLUMNS)?;
-    let mut notetypes = NotetypeCache::default();
-    for row in &mut chunk.notes {
-        notes.write(
-            note_values(col, row, state, &mut notetypes)?,
-            state.client_usn,
-        )?;
+    if !chunk.notes.is_empty() {
+        let mut notes = Merge::new(col, &NOTES)?;
+        let mut notetypes = NotetypeCache::default();
+        for row in &mut chunk.notes {
+            notes.write(
+                note_values(col, row, state, &mut notetypes)?,
+                state.client_usn,
+            )?;
+        }
     }
     Ok(())
 }
@@ -361,22 +366,56 @@ struct Merge<'c> {
     client_usn_at: usize,
 }
 
-impl<'c> Merge<'c> {
-    fn new(col: &'c Connection, table: &str, columns: &[&str]) -> Result<Merge<'c>, SyncError> {
-        let marks = vec!["?"; columns.len()].join(", ");
-        let sets: Vec<String> = columns[1..]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect();
-        let client_usn_at = columns.len() + 1;
-        Ok(Merge {
-            upsert: col.prepare_cached(&format!(
-                "insert into {table} ({}) values ({marks}) on conflict (id) do update set {} \
-                 where usn < ?{client_usn_at} or excluded.mod > mod",
+/// A table's upsert statement, written once: the statement cache finds it
+/// by its text, and a chunk arrives in several batches.
+struct Upsert {
+    table: &'static str,
+    columns: &'static [&'static str],
+    sql: OnceLock<String>,
+}
+
+static CARDS: Upsert = Upsert {
+    table: "cards",
+    columns: CARD_COLUMNS,
+    sql: OnceLock::new(),
+};
+static NOTES: Upsert = Upsert {
+    table: "notes",
+    columns: NOTE_COLUMNS,
+    sql: OnceLock::new(),
+};
+
+impl Upsert {
+    /// Where the client's last-sync usn is bound (after the columns).
+    fn client_usn_at(&self) -> usize {
+        self.columns.len() + 1
+    }
+
+    fn sql(&self) -> &str {
+        self.sql.get_or_init(|| {
+            let columns = self.columns;
+            let marks = vec!["?"; columns.len()].join(", ");
+            let sets: Vec<String> = columns[1..]
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            format!(
+                "insert into {} ({}) values ({marks}) on conflict (id) do update set {} \
+                 where usn < ?{} or excluded.mod > mod",
+                self.table,
                 columns.join(", "),
-                sets.join(", ")
-            ))?,
-            client_usn_at,
+                sets.join(", "),
+                self.client_usn_at()
+            )
+        })
+    }
+}
+
+impl<'c> Merge<'c> {
+    fn new(col: &'c Connection, upsert: &Upsert) -> Result<Merge<'c>, SyncError> {
+        Ok(Merge {
+            upsert: col.prepare_cached(upsert.sql())?,
+            client_usn_at: upsert.client_usn_at(),
         })
     }
 

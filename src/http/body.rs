@@ -70,14 +70,28 @@ impl Body<'_> {
     }
 }
 
-/// Parses JSON from a decoded body. serde_json reads a stream one byte at a
-/// time, so the body goes through a buffer: otherwise every byte would be a
-/// call into the zstd (or gzip) decoder and the limit readers beneath it.
+/// Parses JSON from a decoded body. A body of up to `WHOLE_JSON` bytes (all
+/// that clients send here) is read whole and parsed from memory: serde_json
+/// reads a stream one byte at a time, tracking lines and columns, which was
+/// a tenth of a small sync's instructions. A longer body streams through a
+/// buffer: otherwise every byte would be a call into the zstd (or gzip)
+/// decoder and the limit readers beneath it.
 pub(super) fn parse_json<T: DeserializeOwned>(
-    body: impl Read,
+    mut body: impl Read,
     what: &str,
 ) -> Result<T, HandlerError> {
-    serde_json::from_reader(BufReader::with_capacity(JSON_BUFFER, body)).map_err(|e| {
+    let mut head = Vec::new();
+    (&mut body)
+        .take(WHOLE_JSON + 1)
+        .read_to_end(&mut head)
+        .map_err(FramingError::from_body_error)?;
+    let parsed = if head.len() as u64 <= WHOLE_JSON {
+        serde_json::from_slice(&head)
+    } else {
+        let rest = io::Cursor::new(head).chain(body);
+        serde_json::from_reader(BufReader::with_capacity(JSON_BUFFER, rest))
+    };
+    parsed.map_err(|e| {
         if e.is_io() {
             FramingError::from_body_error(io::Error::from(e)).into()
         } else {
@@ -86,4 +100,48 @@ pub(super) fn parse_json<T: DeserializeOwned>(
     })
 }
 
+const WHOLE_JSON: u64 = 64 * 1024;
 const JSON_BUFFER: usize = 32 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that fails once its bytes are used up, as a cut body does.
+    struct Cut<'a>(&'a [u8]);
+
+    impl Read for Cut<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cut"));
+            }
+            self.0.read(buf)
+        }
+    }
+
+    #[test]
+    fn small_and_large_bodies_parse_alike_and_bad_ones_fail_by_cause() {
+        let small: Vec<u32> = (0..100).collect();
+        let large: Vec<u32> = (0..40_000).collect();
+        for value in [small, large] {
+            let text = serde_json::to_vec(&value).unwrap();
+            let parsed: Vec<u32> = parse_json(&text[..], "test").unwrap();
+            assert_eq!(parsed, value, "{} bytes", text.len());
+            let cut = &text[..text.len() - 1];
+            let failed = parse_json::<Vec<u32>>(Cut(cut), "test");
+            assert!(
+                matches!(failed, Err(HandlerError::Framing(_))),
+                "{} bytes",
+                text.len()
+            );
+            let mut bad = text.clone();
+            bad.push(b'x');
+            let failed = parse_json::<Vec<u32>>(&bad[..], "test");
+            assert!(
+                matches!(failed, Err(HandlerError::Sync(_))),
+                "{} bytes",
+                text.len()
+            );
+        }
+    }
+}
