@@ -69,6 +69,17 @@ impl From<SyncError> for DecodeError {
 /// and the body with its decoded batch stays within twice the allowance.
 pub const WHOLE_BODY_BYTES: usize = 128 * 1024;
 
+/// Reads at most `limit + 1` bytes of `body`: all of it and `true` if it
+/// ended within `limit`, else its first bytes and `false`, the rest still
+/// unread. For parsing a small body from memory and a large one as it
+/// streams (the bytes read go first).
+pub fn read_up_to(body: &mut impl Read, limit: u64) -> io::Result<(Vec<u8>, bool)> {
+    let mut head = Vec::new();
+    body.take(limit + 1).read_to_end(&mut head)?;
+    let ended = head.len() as u64 <= limit;
+    Ok((head, ended))
+}
+
 /// Parses `body` with `seed`, then checks nothing but whitespace follows.
 /// Errors of `seed` that carry a cause (a failed batch, an object too
 /// large) are taken from `stash` first.
@@ -85,12 +96,8 @@ where
     let whole = (WHOLE_BODY_BYTES as u64)
         .min(limits.item)
         .min(limits.allowance);
-    let mut head = Vec::new();
-    (&mut body)
-        .take(whole + 1)
-        .read_to_end(&mut head)
-        .map_err(DecodeError::Body)?;
-    let result = if head.len() as u64 <= whole {
+    let (head, ended) = read_up_to(&mut body, whole).map_err(DecodeError::Body)?;
+    let result = if ended {
         account.hold_whole(head.len() as u64);
         let mut parser = serde_json::Deserializer::from_slice(&head);
         seed.deserialize(&mut parser)

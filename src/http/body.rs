@@ -11,6 +11,7 @@ use super::framing::{self, BodyLimits, FramingError};
 use super::multipart::{self, LegacyForm};
 use super::route::SyncMethod;
 use super::spill::Spill;
+use crate::collection::decode;
 use crate::error::SyncError;
 
 /// Decompressed budget of methods whose bodies are a few bytes of JSON, so a
@@ -80,12 +81,9 @@ pub(super) fn parse_json<T: DeserializeOwned>(
     mut body: impl Read,
     what: &str,
 ) -> Result<T, HandlerError> {
-    let mut head = Vec::new();
-    (&mut body)
-        .take(WHOLE_JSON + 1)
-        .read_to_end(&mut head)
-        .map_err(FramingError::from_body_error)?;
-    let parsed = if head.len() as u64 <= WHOLE_JSON {
+    let (head, ended) =
+        decode::read_up_to(&mut body, WHOLE_JSON).map_err(FramingError::from_body_error)?;
+    let parsed = if ended {
         serde_json::from_slice(&head)
     } else {
         let rest = io::Cursor::new(head).chain(body);
