@@ -1,8 +1,8 @@
-//! Notes, cards and review-log entries in both directions, in chunks of at
-//! most 250 objects: `chunk` sends the server's changes since the client's
-//! last sync, `applyChunk` merges the client's. Rows travel as positional
+//! Notes, cards and review-log entries from the client, in chunks of at
+//! most 250 objects: `applyChunk` merges them. Rows travel as positional
 //! JSON arrays (collection-sync.md §6.5, typed in `rows`); an incoming chunk
-//! is decoded and merged in batches as it streams in (`decode`).
+//! is decoded and merged in batches as it streams in (`decode`). The
+//! server's own chunks are written in `outgoing`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,13 +12,12 @@ use std::sync::OnceLock;
 use prost::Message;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{CachedStatement, Connection, OptionalExtension};
-use serde::Serialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::decode::{self, Batcher, DecodeError, Field, Key, Stash};
 use super::notetext;
 use super::rows::{CardRow, NoteRow, RevlogRow, RowSeed};
-use super::state::{PendingIds, SyncState};
+use super::state::SyncState;
 use crate::budget::Account;
 use crate::error::SyncError;
 use crate::storage::proto::notetypes::notetype;
@@ -32,14 +31,11 @@ pub const CHUNK_SIZE: usize = 250;
 /// and still refuses a body of thousands of rows.
 pub const MAX_ROWS_PER_CHUNK: usize = 2 * CHUNK_SIZE;
 
-#[derive(Serialize, Debug, Default)]
+/// The rows of a chunk from the client, typed.
+#[derive(Debug, Default)]
 pub struct Chunk {
-    pub done: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub revlog: Vec<RevlogRow>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cards: Vec<CardRow>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<NoteRow>,
 }
 
@@ -167,134 +163,6 @@ where
             self.rows.add(|chunk| put(chunk, row))?;
         }
     }
-}
-
-/// The next chunk of server changes. The ids to send are fixed at the first
-/// call, after the client's graves and changes were applied.
-pub fn next(col: &Connection, state: &mut SyncState) -> Result<Chunk, SyncError> {
-    if state.pending.is_none() {
-        state.pending = Some(PendingIds {
-            revlog: ids_since(col, "revlog", state.client_usn)?,
-            cards: ids_since(col, "cards", state.client_usn)?,
-            notes: ids_since(col, "notes", state.client_usn)?,
-        });
-    }
-    let Some(pending) = state.pending.as_mut() else {
-        return Ok(Chunk {
-            done: true,
-            ..Chunk::default()
-        });
-    };
-    // Prepared once per chunk (not per row), as each row is one look-up.
-    let mut revlog = col.prepare_cached(REVLOG_ROW)?;
-    let mut notes = col.prepare_cached(NOTE_ROW)?;
-    let mut cards = col.prepare_cached(CARD_ROW)?;
-    let mut chunk = Chunk::default();
-    let mut taken = 0;
-    // Round-robin, so each kind makes progress in every chunk.
-    while taken < CHUNK_SIZE
-        && !(pending.revlog.is_empty() && pending.notes.is_empty() && pending.cards.is_empty())
-    {
-        if let Some(id) = pending.revlog.pop() {
-            if let Some(row) = revlog_row(&mut revlog, id)? {
-                chunk.revlog.push(row);
-            }
-            taken += 1;
-        }
-        if taken < CHUNK_SIZE {
-            if let Some(id) = pending.notes.pop() {
-                if let Some(row) = note_row(&mut notes, id)? {
-                    chunk.notes.push(row);
-                }
-                taken += 1;
-            }
-        }
-        if taken < CHUNK_SIZE {
-            if let Some(id) = pending.cards.pop() {
-                if let Some(row) = card_row(&mut cards, id)? {
-                    chunk.cards.push(row);
-                }
-                taken += 1;
-            }
-        }
-    }
-    chunk.done = taken < CHUNK_SIZE;
-    Ok(chunk)
-}
-
-fn ids_since(col: &Connection, table: &str, usn: i32) -> Result<Vec<i64>, SyncError> {
-    let mut stmt = col.prepare_cached(&format!("select id from {table} where usn >= ?"))?;
-    let ids = stmt
-        .query_map([usn], |r| r.get(0))?
-        .collect::<Result<Vec<i64>, _>>()?;
-    Ok(ids)
-}
-
-const REVLOG_ROW: &str =
-    "select id, cid, usn, ease, ivl, lastIvl, factor, time, type from revlog where id = ?";
-const NOTE_ROW: &str = "select id, guid, mid, mod, usn, tags, flds from notes where id = ?";
-const CARD_ROW: &str = "select id, nid, did, ord, mod, usn, type, queue, due, ivl, factor, reps, \
-     lapses, left, odue, odid, flags, data from cards where id = ?";
-
-fn revlog_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<RevlogRow>, SyncError> {
-    Ok(stmt
-        .query_row([id], |r| {
-            Ok(RevlogRow {
-                id: r.get(0)?,
-                cid: r.get(1)?,
-                usn: r.get(2)?,
-                ease: r.get(3)?,
-                ivl: r.get(4)?,
-                last_ivl: r.get(5)?,
-                factor: r.get(6)?,
-                time: r.get(7)?,
-                kind: r.get(8)?,
-            })
-        })
-        .optional()?)
-}
-
-fn note_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<NoteRow>, SyncError> {
-    Ok(stmt
-        .query_row([id], |r| {
-            Ok(NoteRow {
-                id: r.get(0)?,
-                guid: r.get(1)?,
-                mid: r.get(2)?,
-                mtime: r.get(3)?,
-                usn: r.get(4)?,
-                tags: r.get(5)?,
-                fields: r.get(6)?,
-            })
-        })
-        .optional()?)
-}
-
-fn card_row(stmt: &mut CachedStatement<'_>, id: i64) -> Result<Option<CardRow>, SyncError> {
-    Ok(stmt
-        .query_row([id], |r| {
-            Ok(CardRow {
-                id: r.get(0)?,
-                nid: r.get(1)?,
-                did: r.get(2)?,
-                ord: r.get(3)?,
-                mtime: r.get(4)?,
-                usn: r.get(5)?,
-                ctype: r.get(6)?,
-                queue: r.get(7)?,
-                due: r.get(8)?,
-                ivl: r.get(9)?,
-                factor: r.get(10)?,
-                reps: r.get(11)?,
-                lapses: r.get(12)?,
-                left: r.get(13)?,
-                odue: r.get(14)?,
-                odid: r.get(15)?,
-                flags: r.get(16)?,
-                data: r.get(17)?,
-            })
-        })
-        .optional()?)
 }
 
 /// Merges a chunk from the client: revlog, then cards, then notes, each row
@@ -538,7 +406,7 @@ fn join_tags(tags: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
@@ -547,7 +415,7 @@ mod tests {
     use crate::error::Kind;
     use crate::storage::schema::SCHEMA18_DDL;
 
-    fn db() -> Connection {
+    pub(in crate::collection) fn db() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         crate::storage::register_unicase(&c).unwrap();
         c.execute_batch(SCHEMA18_DDL).unwrap();
@@ -566,11 +434,11 @@ mod tests {
         c
     }
 
-    fn state(client_usn: i32, server_usn: i32) -> SyncState {
+    pub(in crate::collection) fn state(client_usn: i32, server_usn: i32) -> SyncState {
         SyncState::new("s", server_usn, client_usn, false)
     }
 
-    fn note(id: i64, modified: i64, flds: &str) -> Value {
+    pub(in crate::collection) fn note(id: i64, modified: i64, flds: &str) -> Value {
         json!([
             id,
             "guid",
@@ -586,7 +454,7 @@ mod tests {
         ])
     }
 
-    fn card(id: i64, modified: i64, due: f64) -> Value {
+    pub(in crate::collection) fn card(id: i64, modified: i64, due: f64) -> Value {
         json!([
             id, 1, 1, 0, modified, 5, 2, 2, due, -3, 2500, 1, 0, 0, 0, 0, 0, "{}"
         ])
@@ -610,7 +478,7 @@ mod tests {
         Ok((rows, batches))
     }
 
-    fn apply_one(
+    pub(in crate::collection) fn apply_one(
         c: &Connection,
         st: &SyncState,
         notes: Vec<Value>,
@@ -804,53 +672,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!((ease, factor, time, kind), (3, 0, 3000, 0));
-    }
-
-    #[test]
-    fn chunks_hold_at_most_250_and_end_with_done() {
-        let c = db();
-        let st_apply = state(0, 1);
-        for part in [1..=150, 151..=300] {
-            let notes: Vec<_> = part.clone().map(|i| note(i, 1, "a\x1fb")).collect();
-            let cards: Vec<_> = part.map(|i| card(i, 1, 0.0)).collect();
-            apply_one(&c, &st_apply, notes, cards).unwrap();
-        }
-        let mut st = state(1, 2);
-        let sizes: Vec<(usize, usize, bool)> = (0..4)
-            .map(|_| {
-                let ch = next(&c, &mut st).unwrap();
-                (ch.notes.len(), ch.cards.len(), ch.done)
-            })
-            .collect();
-        assert_eq!(
-            sizes,
-            [
-                (125, 125, false),
-                (125, 125, false),
-                (50, 50, true),
-                (0, 0, true)
-            ]
-        );
-        let first = next(&c, &mut state(1, 2)).unwrap();
-        let row = serde_json::to_value(&first.notes[0]).unwrap();
-        assert_eq!(row.as_array().unwrap().len(), 11);
-        assert_eq!(row[7], json!(""));
-        let row = serde_json::to_value(&first.cards[0]).unwrap();
-        assert_eq!(row.as_array().unwrap().len(), 18);
-        // Nothing changed since usn 2: an empty, final chunk without row keys.
-        let empty = next(&c, &mut state(2, 2)).unwrap();
-        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"done":true}"#);
-    }
-
-    #[test]
-    fn exactly_250_pending_objects_need_a_final_empty_chunk() {
-        let c = db();
-        let notes: Vec<_> = (1..=250).map(|i| note(i, 1, "a\x1fb")).collect();
-        apply_one(&c, &state(0, 1), notes, vec![]).unwrap();
-        let mut st = state(1, 2);
-        assert!(!next(&c, &mut st).unwrap().done);
-        let last = next(&c, &mut st).unwrap();
-        assert!(last.done && last.notes.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod full;
 pub mod graves;
 pub mod meta;
 pub mod notetext;
+pub mod outgoing;
 pub mod rows;
 pub mod sanity;
 pub mod state;

@@ -1,12 +1,11 @@
 //! The rows a chunk carries (notes, cards, review-log entries), typed, in
 //! their wire form: positional JSON arrays (collection-sync.md §6.5). They
 //! are decoded straight from the request stream with their arity and element
-//! types checked, and encoded the same way for the server's chunks.
+//! types checked. (The server's own rows are written by SQLite: `outgoing`.)
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use super::decode::{Int, Scalar, Text, element, end_of_row};
 
@@ -67,55 +66,6 @@ pub struct RevlogRow {
 const NOTE: &str = "note";
 const CARD: &str = "card";
 const REVLOG: &str = "revlog";
-
-impl Serialize for NoteRow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(11)?;
-        t.serialize_element(&self.id)?;
-        t.serialize_element(&self.guid)?;
-        t.serialize_element(&self.mid)?;
-        t.serialize_element(&self.mtime)?;
-        t.serialize_element(&self.usn)?;
-        t.serialize_element(&self.tags)?;
-        t.serialize_element(&self.fields)?;
-        t.serialize_element("")?;
-        t.serialize_element("")?;
-        t.serialize_element(&0)?;
-        t.serialize_element("")?;
-        t.end()
-    }
-}
-
-impl Serialize for CardRow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(18)?;
-        for value in self.ints() {
-            t.serialize_element(&value)?;
-        }
-        t.serialize_element(&self.data)?;
-        t.end()
-    }
-}
-
-impl Serialize for RevlogRow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(9)?;
-        for value in [
-            self.id,
-            self.cid,
-            self.usn,
-            self.ease,
-            self.ivl,
-            self.last_ivl,
-            self.factor,
-            self.time,
-            self.kind,
-        ] {
-            t.serialize_element(&value)?;
-        }
-        t.end()
-    }
-}
 
 impl CardRow {
     /// The 17 integer columns in wire order.
@@ -414,10 +364,6 @@ mod tests {
                 fields: "xy\x1fz\n\t".into(),
             }
         );
-        assert_eq!(
-            serde_json::to_string(&row).unwrap(),
-            r#"[1,"g",7,100,-1," a ","xy\u001fz\n\t","","",0,""]"#
-        );
     }
 
     #[test]
@@ -461,10 +407,6 @@ mod tests {
     fn cards_take_floats_and_revlog_kinds_default_to_zero() {
         let c = card(r#"[1,2,3,0,5.9,6,2,2,-4.2,7,2500,1,0,0,0,0,0,"{}"]"#).unwrap();
         assert_eq!((c.mtime, c.due, c.data.as_str()), (5, -4, "{}"));
-        assert_eq!(
-            serde_json::to_string(&c).unwrap(),
-            r#"[1,2,3,0,5,6,2,2,-4,7,2500,1,0,0,0,0,0,"{}"]"#
-        );
         for (text, kind) in [
             ("[1,2,3,4,5,6,7,8,3]", 3),
             ("[1,2,3,4,5,6,7,8,9]", 0),

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use super::changes::UnchunkedChanges;
-use super::chunks::Chunk;
 use super::graves::Graves;
+use super::outgoing::Outgoing;
 use super::sanity::SanityResponse;
 
 pub struct SyncState {
@@ -93,7 +93,7 @@ impl StepAnswer for UnchunkedChanges {
     }
 }
 
-impl StepAnswer for Chunk {
+impl StepAnswer for Outgoing {
     fn objects(&self) -> usize {
         self.len()
     }

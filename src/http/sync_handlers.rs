@@ -17,6 +17,7 @@ use crate::collection::decode::DecodeError;
 use crate::collection::full;
 use crate::collection::graves;
 use crate::collection::meta::{self, MetaRequest};
+use crate::collection::outgoing;
 use crate::collection::sanity::{self, SanityRequest};
 use crate::collection::unbury;
 use crate::error::SyncError;
@@ -114,7 +115,8 @@ impl Service {
             }
             SyncMethod::Chunk => {
                 body.discard()?;
-                json_reply(&slot.with_sync_state(session, 0, |col, st| chunks::next(col, st))?)
+                let chunk = slot.with_sync_state(session, 0, |col, st| outgoing::next(col, st))?;
+                Ok(Reply::Bytes(chunk.into_json()))
             }
             SyncMethod::ApplyChunk => {
                 let account = self.account();
