@@ -33,7 +33,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,7 @@ fn daily_in_background_at(
         .name("backup".into())
         .spawn(move || {
             let _guard = guard;
+            give_way();
             if let Some(Release(released)) = release {
                 // Returns when the Hold is dropped (or on timeout).
                 let _ = released.recv_timeout(HOLD_AT_MOST);
@@ -340,6 +341,25 @@ fn pin(path: &Path, col: &Connection) -> io::Result<Pin> {
     }
     let file = File::open(path)?;
     Ok(Pin::Pinned(Pinned { reader, file }))
+}
+
+/// What a background backup thread calls first: set by the binary to give
+/// the thread the lowest CPU and disk priority (that takes system calls the
+/// library, free of `unsafe`, does not make), so the syncs beside a backup,
+/// and the media sync a client starts right after the day's first sync, run
+/// first on a small board.
+static GIVE_WAY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what background backup threads call first (once; later calls are
+/// ignored).
+pub fn set_give_way(lower_priority: fn()) {
+    let _ = GIVE_WAY.set(lower_priority);
+}
+
+fn give_way() {
+    if let Some(lower_priority) = GIVE_WAY.get() {
+        lower_priority();
+    }
 }
 
 /// Users' folders whose backup is being written in the background, and
@@ -493,6 +513,7 @@ impl Replaced {
             .name("backup".into())
             .spawn(move || {
                 let _guard = guard;
+                give_way();
                 let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
                 write_staged(&user_dir, &staged, secs);
             });
@@ -857,6 +878,29 @@ mod tests {
         let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
         col.query_row("select count(*) from notes", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// The threads that called the give-way hook.
+    static GAVE_WAY: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+
+    fn record_give_way() {
+        GAVE_WAY.lock().unwrap().push(std::thread::current().id());
+    }
+
+    #[test]
+    fn background_backup_threads_give_way_first() {
+        set_give_way(record_give_way);
+        let user = tempfile::tempdir().unwrap();
+        let dir = user.path();
+        fill(dir, 50);
+        let col = storage::open(&dir.join(COLLECTION_FILE)).unwrap();
+        let Daily::Background(thread) = daily_in_background_at(dir, &col, T0, 8, None).unwrap()
+        else {
+            panic!("backed up in the background");
+        };
+        let id = thread.thread().id();
+        thread.join().unwrap().expect("a backup");
+        assert!(GAVE_WAY.lock().unwrap().contains(&id));
     }
 
     #[test]

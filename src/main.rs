@@ -212,8 +212,33 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Gives the calling thread (a background backup) the lowest CPU priority
+/// and the lowest best-effort disk priority; Linux keeps both per thread, so
+/// the workers keep theirs. Refusals are ignored: the backup then only runs
+/// at the usual priority.
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const BEST_EFFORT_LOWEST: libc::c_long = (2 << 13) | 7;
+    // SAFETY: both calls take plain integers and change only the calling
+    // thread's scheduling attributes (`who` 0 is the calling thread).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS as _, 0, 19);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            BEST_EFFORT_LOWEST,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {}
+
 fn serve(env: &HashMap<String, String>) -> Result<(), String> {
     tune_allocator();
+    backup::set_give_way(lower_thread_priority);
     // Users may also come from the users file, or be added later.
     let config = Config::from_env(env).map_err(|e| e.to_string())?;
     anki_sync_lite::logger::init(config.log_level)
@@ -260,4 +285,30 @@ fn serve(env: &HashMap<String, String>) -> Result<(), String> {
         metrics: Metrics::default(),
     };
     http::run(service, listener, shutdown).map_err(|e| format!("server stopped: {e}"))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The calling thread's nice value and disk priority.
+    fn priorities() -> (libc::c_int, libc::c_long) {
+        // SAFETY: both calls only read the calling thread's attributes.
+        unsafe {
+            let nice = libc::getpriority(libc::PRIO_PROCESS as _, 0);
+            let io = libc::syscall(libc::SYS_ioprio_get, 1 as libc::c_long, 0 as libc::c_long);
+            (nice, io)
+        }
+    }
+
+    #[test]
+    fn a_thread_that_lowers_its_priority_changes_only_its_own() {
+        let before = priorities();
+        let inside = std::thread::spawn(|| {
+            super::lower_thread_priority();
+            priorities()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, (19, (2 << 13) | 7));
+        assert_eq!(priorities(), before);
+    }
 }
