@@ -105,6 +105,22 @@ fn settled(server: &Server) {
     }
 }
 
+/// Waits (at most 10 s) until the day's backup is written: it is
+/// compressed in the background a second after the sync that started it.
+fn daily_written(server: &Server) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !backup_files(server)
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with("-daily.anki2.zst"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no daily backup after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn backup_files(server: &Server) -> Vec<PathBuf> {
     let dir = server.base_dir().join("user/backups");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -207,6 +223,7 @@ fn normal_syncs_back_up_at_most_once_a_day() {
     }
     assert_eq!(user.sync(&a), "NO_CHANGES");
     assert_eq!(notes(&a), 115);
+    daily_written(&server);
     assert_eq!(listed_reasons(&server), ["daily"]);
 }
 
@@ -266,6 +283,7 @@ fn exported_packages_import_into_the_real_client_with_their_media() {
     on(&a, "add-notes", &["--notes", "7", "--seed", "9"]);
     let required = user.sync(&a);
     assert!(["NO_CHANGES", "NORMAL_SYNC"].contains(&required.as_str()));
+    daily_written(&server);
     assert_eq!(listed_reasons(&server), ["daily"]);
     // B downloads what the server holds now.
     assert_eq!(user.sync(&b), "FULL_DOWNLOAD");
