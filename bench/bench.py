@@ -76,7 +76,7 @@ FULL_SYNC_TIMEOUT = 180.0
 # enough today, but a cap must never be what decides a comparison.
 PAYLOAD_MEGS = "1024"
 # Ours closes a collection unused for SYNC_IDLE_CLOSE_SECS (default 300; a
-# sweep every 15 s does it); the official server never does. The long-running
+# sweep every second does it); the official server never does. The long-running
 # server uses 15 s: long enough that every timed sync but the rested ones
 # finds the collection open, as with the default (checked, see warm()), and
 # short enough that a run can wait for the close. The fresh servers of the

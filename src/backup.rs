@@ -292,6 +292,8 @@ fn daily_in_background_at(
             let written = write(&dir, file, Reason::Daily, now_secs, keep);
             // Ends the read transaction: checkpoints may go on.
             drop(reader);
+            // The compressor's and the pinned reader's memory.
+            crate::memory::trim();
             match written {
                 Ok(backup) => Some(backup),
                 Err(e) => {
@@ -533,6 +535,7 @@ impl Replaced {
                 give_way();
                 let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
                 write_staged(&user_dir, &staged, secs);
+                crate::memory::trim();
             });
         if let Err(e) = spawned {
             warn!(

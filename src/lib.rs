@@ -25,6 +25,7 @@ pub mod http;
 pub mod layout;
 pub mod logger;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;

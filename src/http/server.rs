@@ -1,7 +1,8 @@
 //! The thread-pool server: a fixed number of workers take requests straight
 //! from tiny_http's queue (a hop through a dispatcher thread cost about a
 //! sixth of a normal sync's server CPU in thread wake-ups). The main thread
-//! closes idle collections and drives a clean shutdown.
+//! closes idle collections, has idle ones give back their page caches (and
+//! then the heap its free pages), and drives a clean shutdown.
 //!
 //! Slow and hostile clients are handled in our own tiny_http
 //! (vendor/tiny_http/PATCHES.md): read and write timeouts, a header deadline,
@@ -23,12 +24,20 @@ use super::park::Park;
 use super::service::Handled;
 use crate::config::Config;
 
-/// How often the main thread looks at the shutdown flag and idle collections.
+/// How often the main thread looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(200);
 /// How long an idle worker waits for a request before it looks at the
 /// shutdown flag.
 const WORKER_WAIT: Duration = Duration::from_secs(1);
-const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// How often the main thread looks for idle collections, caches and zstd
+/// contexts.
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A collection left open but unused this long gives back its page cache:
+/// longer than the pauses inside one sync session (a client's requests
+/// follow each other within milliseconds, its media sync right after), short
+/// enough that the caches of users who synced a moment ago do not add up
+/// while others sync.
+const CACHE_RELEASE_AFTER: Duration = Duration::from_secs(5);
 
 /// While a request is being read, a client must send at least this many bytes
 /// per second of our waiting (1 KiB/s: far below any working mobile link,
@@ -90,8 +99,12 @@ pub fn run(
             break;
         }
         if last_sweep.elapsed() >= IDLE_SWEEP_EVERY {
-            service.store.close_idle(idle);
-            super::zstd_pool::release_if_idle(idle);
+            let closed = service.store.close_idle(idle);
+            let released = service.store.release_idle_caches(CACHE_RELEASE_AFTER);
+            let dropped = super::zstd_pool::release_if_idle(idle) > 0;
+            if closed || released || dropped {
+                crate::memory::trim();
+            }
             last_sweep = Instant::now();
         }
     }

@@ -156,14 +156,17 @@ impl MediaSlot {
     }
 
     /// Closes the connection if it was unused for `idle`; skips a busy store.
-    pub fn close_idle(&self, idle: Duration) {
+    /// Whether it closed it.
+    pub fn close_idle(&self, idle: Duration) -> bool {
         if let Ok(mut guard) = self.db.try_lock() {
             if guard.last_used.elapsed() >= idle {
                 if let Some(conn) = guard.conn.take() {
                     close_db(&self.user_dir, conn);
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// Closes the connection, waiting for a request that uses it (shutdown).

@@ -9,7 +9,8 @@
 //! what a finished sync counted. The protocol steps themselves
 //! (`crate::collection`) only see a connection and the sync state.
 //!
-//! - `store`: all users' slots; folders and start-up clean-up; idle close.
+//! - `store`: all users' slots; folders and start-up clean-up; idle close
+//!   and the release of idle collections' page caches.
 //! - `slot`: one user's lock and what it guards.
 //! - `sync`: the normal-sync entry points.
 //! - `full`: full upload and download.

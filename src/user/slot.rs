@@ -83,6 +83,8 @@ pub(super) struct UserState {
     dir: PathBuf,
     col: Option<Connection>,
     last_used: Instant,
+    /// The open collection's page cache was given back since its last use.
+    cache_released: bool,
     /// The normal sync in progress, if any; its transaction is open on `col`.
     pub(super) sync: Option<SyncState>,
 }
@@ -116,6 +118,7 @@ impl UserSlot {
                 dir,
                 col: None,
                 last_used: Instant::now(),
+                cache_released: false,
                 sync: None,
             }),
         })
@@ -181,18 +184,43 @@ impl UserSlot {
 
     /// Closes the collection if it was unused for `idle`, and rolls back a
     /// normal sync abandoned mid-way (client crashed) after a while. Skips a
-    /// user who is busy.
-    pub(super) fn close_idle(&self, idle: Duration) {
+    /// user who is busy. Whether it closed the collection.
+    pub(super) fn close_idle(&self, idle: Duration) -> bool {
         let Ok(mut state) = self.state.try_lock() else {
-            return;
+            return false;
         };
         let unused = state.last_used.elapsed();
         if state.sync.is_some() && unused < ABANDONED_SYNC {
-            return;
+            return false;
         }
         if state.col.is_some() && unused >= idle {
             state.close_collection();
+            return true;
         }
+        false
+    }
+
+    /// Gives back the page cache of a collection left open but unused for
+    /// `after` (once per rest), so the pages other users' syncs load reuse
+    /// its memory instead of adding to it. The connection, its schema and
+    /// prepared statements stay: the next sync only reads its pages again,
+    /// from the system's file cache. Skips a busy user and a normal sync in
+    /// progress. Whether it released anything.
+    pub(super) fn release_idle_cache(&self, after: Duration) -> bool {
+        let Ok(mut state) = self.state.try_lock() else {
+            return false;
+        };
+        if state.sync.is_some() || state.cache_released || state.last_used.elapsed() < after {
+            return false;
+        }
+        let Some(col) = state.col.as_ref() else {
+            return false;
+        };
+        if let Err(e) = col.release_memory() {
+            warn!("releasing the page cache of {}: {e}", self.name);
+        }
+        state.cache_released = true;
+        true
     }
 
     #[cfg(test)]
@@ -220,6 +248,7 @@ impl UserState {
     /// restore` is swapped in first, so it never lands mid-sync.
     pub(super) fn collection(&mut self) -> Result<&mut Connection, SyncError> {
         self.last_used = Instant::now();
+        self.cache_released = false;
         if self.sync.is_none() {
             self.apply_pending_restore();
         }

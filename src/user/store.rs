@@ -70,12 +70,24 @@ impl UserStore {
     }
 
     /// Closes collections and media databases unused for `idle`. Skips
-    /// users that are busy.
-    pub fn close_idle(&self, idle: Duration) {
+    /// users that are busy. Whether it closed anything.
+    pub fn close_idle(&self, idle: Duration) -> bool {
+        let mut closed = false;
         for slot in self.all() {
-            slot.media.close_idle(idle);
-            slot.close_idle(idle);
+            closed |= slot.media.close_idle(idle);
+            closed |= slot.close_idle(idle);
         }
+        closed
+    }
+
+    /// Gives back the page caches of open collections unused for `after`
+    /// (see [`UserSlot::release_idle_cache`]). Whether it released any.
+    pub fn release_idle_caches(&self, after: Duration) -> bool {
+        let mut released = false;
+        for slot in self.all() {
+            released |= slot.release_idle_cache(after);
+        }
+        released
     }
 
     /// Closes every collection and media database (at shutdown), then
@@ -142,5 +154,37 @@ mod tests {
         drop(carol);
         assert!(base.path().join("carol").join(COLLECTION_FILE).is_file());
         store.close_all();
+    }
+
+    #[test]
+    fn idle_collections_give_back_their_cache_once_per_rest() {
+        let base = tempfile::tempdir().unwrap();
+        let store = UserStore::new(base.path(), ["alice", "bob"].into_iter()).unwrap();
+        let alice = store.slot("alice").unwrap();
+        let notes = |slot: &UserSlot| {
+            slot.with_col(|col| {
+                Ok(col.query_row("select count() from notes", [], |r| r.get::<_, i64>(0))?)
+            })
+            .unwrap()
+        };
+        assert_eq!(notes(&alice), 0);
+        assert!(!store.release_idle_caches(Duration::from_secs(3600)));
+        // Only alice's collection is open; bob's was never opened.
+        assert!(store.release_idle_caches(Duration::ZERO));
+        assert!(!store.release_idle_caches(Duration::ZERO), "once per rest");
+        assert!(alice.lock().is_open());
+        assert_eq!(notes(&alice), 0);
+        assert!(store.release_idle_caches(Duration::ZERO), "used again");
+        notes(&alice);
+        {
+            let _busy = alice.lock();
+            assert!(!store.release_idle_caches(Duration::ZERO), "busy");
+            assert!(!store.close_idle(Duration::ZERO), "busy");
+        }
+        assert!(store.release_idle_caches(Duration::ZERO));
+        assert!(!store.close_idle(Duration::from_secs(3600)));
+        assert!(store.close_idle(Duration::ZERO));
+        assert!(!alice.lock().is_open());
+        assert!(!store.release_idle_caches(Duration::ZERO), "nothing open");
     }
 }

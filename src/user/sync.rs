@@ -191,6 +191,8 @@ fn step<T: StepAnswer>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::collection::sanity::SanityResponse;
     use crate::error::Kind;
@@ -220,6 +222,17 @@ mod tests {
 
     fn kind<T>(result: Result<T, SyncError>) -> Option<Kind> {
         result.err().map(|e| e.kind())
+    }
+
+    #[test]
+    fn a_sync_in_progress_keeps_its_cache() {
+        let (_base, store) = store();
+        let slot = store.slot("u").unwrap();
+        start(&slot, "s1").unwrap();
+        assert!(!store.release_idle_caches(Duration::ZERO));
+        nothing(&slot, "s1").unwrap();
+        slot.with_col(|_| Ok(())).unwrap();
+        assert!(store.release_idle_caches(Duration::ZERO), "the sync ended");
     }
 
     #[test]
