@@ -1,8 +1,9 @@
 //! The thread-pool server: a fixed number of workers take requests straight
 //! from tiny_http's queue (a hop through a dispatcher thread cost about a
 //! sixth of a normal sync's server CPU in thread wake-ups). The main thread
-//! closes idle collections, has idle ones give back their page caches (and
-//! then the heap its free pages), and drives a clean shutdown.
+//! closes idle collections, has those idle for a few seconds give back their
+//! page caches, hands the freed heap back to the system, and drives a clean
+//! shutdown.
 //!
 //! Slow and hostile clients are handled in our own tiny_http
 //! (vendor/tiny_http/PATCHES.md): read and write timeouts, a header deadline,

@@ -208,10 +208,11 @@ pub(super) mod tests {
         assert!(db_file.exists());
         upload(&slot, &[("a.txt", Some(b"one"))]).unwrap();
         assert!(wal.exists(), "open in WAL mode after a write");
-        slot.close_idle(Duration::from_secs(3600));
+        assert!(!slot.close_idle(Duration::from_secs(3600)));
         assert!(wal.exists(), "used just now: stays open");
-        slot.close_idle(Duration::ZERO);
+        assert!(slot.close_idle(Duration::ZERO));
         assert!(!wal.exists(), "closing checkpoints and removes the WAL");
+        assert!(!slot.close_idle(Duration::ZERO), "nothing left open");
         // Reopened on demand, with everything in it.
         assert_eq!(slot.meta().unwrap().last_usn, 1);
         assert_eq!(slot.changes(0).unwrap().len(), 1);
