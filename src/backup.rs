@@ -292,8 +292,6 @@ fn daily_in_background_at(
             let written = write(&dir, file, Reason::Daily, now_secs, keep);
             // Ends the read transaction: checkpoints may go on.
             drop(reader);
-            // The compressor's and the pinned reader's memory.
-            crate::memory::trim();
             match written {
                 Ok(backup) => Some(backup),
                 Err(e) => {
@@ -403,15 +401,20 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    /// The end of a background backup: whoever waits for it goes on, then
+    /// the memory its compressor and reader held goes back to the system.
     fn drop(&mut self) {
-        let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = running
-            .iter()
-            .position(|(d, p)| *d == self.0 && *p == self.1)
         {
-            running.swap_remove(i);
+            let mut running = IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(i) = running
+                .iter()
+                .position(|(d, p)| *d == self.0 && *p == self.1)
+            {
+                running.swap_remove(i);
+            }
+            DONE.notify_all();
         }
-        DONE.notify_all();
+        crate::memory::trim();
     }
 }
 
@@ -535,7 +538,6 @@ impl Replaced {
                 give_way();
                 let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
                 write_staged(&user_dir, &staged, secs);
-                crate::memory::trim();
             });
         if let Err(e) = spawned {
             warn!(
