@@ -14,6 +14,7 @@ use super::slot::{UserSlot, UserState};
 use crate::backup;
 use crate::collection::state::{StepAnswer, Summary, SyncState};
 use crate::error::{OrSyncError, SyncError};
+use crate::storage;
 
 impl UserSlot {
     /// Runs `op` with the collection. A normal sync in progress ends first
@@ -91,7 +92,7 @@ impl UserSlot {
             })
         })?;
         // Committed: the state is over, nothing to roll back.
-        user.sync = None;
+        user.end_sync(true);
         info!(
             "user {}: normal sync finished in {} ms, {} objects sent, {} received",
             self.name, done.millis, done.sent, done.received
@@ -134,8 +135,9 @@ fn owner_check(user: &UserState, session: &str) -> Result<(), SyncError> {
     }
 }
 
-/// Opens the sync's transaction and its state, which keeps `hold` (the
-/// day's backup, if this sync started it, waits for the sync to end).
+/// Opens the sync's transaction, with the larger page cache, and its state,
+/// which keeps `hold` (the day's backup, if this sync started it, waits for
+/// the sync to end).
 fn begin(
     user: &mut UserState,
     session: &str,
@@ -155,6 +157,9 @@ fn begin(
             return Err(e.into());
         }
     };
+    if let Err(e) = storage::sync_cache(col, true) {
+        warn!("growing the page cache for a sync: {e}");
+    }
     let mut state = SyncState::new(session, server_usn, client_usn, client_is_newer);
     state.backup_hold = hold;
     user.sync = Some(state);
@@ -233,6 +238,37 @@ mod tests {
         nothing(&slot, "s1").unwrap();
         slot.with_col(|_| Ok(())).unwrap();
         assert!(store.release_idle_caches(Duration::ZERO), "the sync ended");
+    }
+
+    fn cache_kib(slot: &UserSlot) -> i64 {
+        let mut user = slot.lock();
+        let col = user.collection().unwrap();
+        -col.query_row("pragma cache_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sync_has_the_larger_cache_until_it_ends() {
+        let (_base, store) = store();
+        let slot = store.slot("u").unwrap();
+        let normal = cache_kib(&slot);
+        start(&slot, "s1").unwrap();
+        let syncing = cache_kib(&slot);
+        assert!(
+            syncing > normal,
+            "{syncing} KiB while syncing, {normal} KiB otherwise"
+        );
+        slot.finish_sync("s1", 1).unwrap();
+        assert_eq!(cache_kib(&slot), normal, "committed");
+        start(&slot, "s2").unwrap();
+        slot.abort_sync();
+        assert_eq!(cache_kib(&slot), normal, "rolled back");
+        start(&slot, "s3").unwrap();
+        let failed = slot.with_sync_state("s3", 0, |_, _| -> Result<(), SyncError> {
+            Err(SyncError::bad_request("a failed step"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(cache_kib(&slot), normal, "a failed step rolled it back");
     }
 
     #[test]
