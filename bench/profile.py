@@ -170,6 +170,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=5, help="iterations (A syncs, B syncs)")
     parser.add_argument("--phase", choices=("up", "down", "both"), default="both",
                         help="which syncs are inside the window: A's (up), B's (down)")
+    parser.add_argument("--rested", action="store_true",
+                        help="ours closes the collection after 1 s idle, and each measured "
+                        "sync waits for that: the reopen is inside the window")
     parser.add_argument("--binary", default=str(bench.TARGET / "release/anki-sync-lite"))
     parser.add_argument("--out", default=None, help="folder for the tool's output")
     args = parser.parse_args()
@@ -194,7 +197,8 @@ def main() -> int:
     runner = bench.Bench(commands, workdir, repeats=1)
     rng = random.Random(5)
     try:
-        server = runner.start(args.server)
+        server = runner.start(
+            args.server, env={"SYNC_IDLE_CLOSE_SECS": bench.REST_IDLE_CLOSE} if args.rested else None)
         # Includes a first normal sync each (ours: the daily backup), untimed.
         dev = bench.open_devices(server, prepared, workdir, (bench.USER, bench.PASSWORD))
         a, b = dev.a, dev.b
@@ -219,6 +223,8 @@ def main() -> int:
                     if args.phase not in (phase, "both"):
                         bench.normal_sync(server, col, auth)
                         continue
+                    if args.rested:
+                        bench.wait_closed(server, bench.USER)
                     with window:
                         measured = bench.normal_sync(server, col, auth)
                     walls.append(measured.wall)
