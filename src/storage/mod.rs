@@ -35,8 +35,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// purpose: the server runs on 512 MiB routers with one connection per user.
 const CACHE_SIZE_KIB: i64 = 2048;
 
-/// Page cache while a normal sync's transaction is open. A large sync
-/// changes more pages than 2 MiB holds (5,000 new notes on 50,000: some
+/// Page cache of a normal sync once the client's rows arrive (a sync that
+/// only sends rows down keeps 2 MiB). A large upload changes more pages
+/// than 2 MiB holds (5,000 new notes on 50,000: some
 /// 900), and SQLite then writes changed pages to the WAL before the commit,
 /// writes them again when they change once more, and reads evicted pages
 /// back: 2,664 writes and 1,800 reads at 2 MiB, 1,768 and 840 at 4 MiB.

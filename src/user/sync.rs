@@ -135,9 +135,8 @@ fn owner_check(user: &UserState, session: &str) -> Result<(), SyncError> {
     }
 }
 
-/// Opens the sync's transaction, with the larger page cache, and its state,
-/// which keeps `hold` (the day's backup, if this sync started it, waits for
-/// the sync to end).
+/// Opens the sync's transaction and its state, which keeps `hold` (the
+/// day's backup, if this sync started it, waits for the sync to end).
 fn begin(
     user: &mut UserState,
     session: &str,
@@ -157,9 +156,6 @@ fn begin(
             return Err(e.into());
         }
     };
-    if let Err(e) = storage::sync_cache(col, true) {
-        warn!("growing the page cache for a sync: {e}");
-    }
     let mut state = SyncState::new(session, server_usn, client_usn, client_is_newer);
     state.backup_hold = hold;
     user.sync = Some(state);
@@ -247,23 +243,30 @@ mod tests {
             .unwrap()
     }
 
+    /// Starts a sync whose step grows the page cache, as a chunk of rows does.
+    fn start_grown(slot: &UserSlot, session: &str) -> i64 {
+        start(slot, session).unwrap();
+        slot.with_sync_state(session, 0, |col, _| Ok(storage::sync_cache(col, true)?))
+            .unwrap();
+        cache_kib(slot)
+    }
+
     #[test]
-    fn a_sync_has_the_larger_cache_until_it_ends() {
+    fn a_grown_cache_shrinks_back_when_the_sync_ends() {
         let (_base, store) = store();
         let slot = store.slot("u").unwrap();
         let normal = cache_kib(&slot);
-        start(&slot, "s1").unwrap();
-        let syncing = cache_kib(&slot);
+        let grown = start_grown(&slot, "s1");
         assert!(
-            syncing > normal,
-            "{syncing} KiB while syncing, {normal} KiB otherwise"
+            grown > normal,
+            "{grown} KiB while syncing, {normal} KiB otherwise"
         );
         slot.finish_sync("s1", 1).unwrap();
         assert_eq!(cache_kib(&slot), normal, "committed");
-        start(&slot, "s2").unwrap();
+        start_grown(&slot, "s2");
         slot.abort_sync();
         assert_eq!(cache_kib(&slot), normal, "rolled back");
-        start(&slot, "s3").unwrap();
+        start_grown(&slot, "s3");
         let failed = slot.with_sync_state("s3", 0, |_, _| -> Result<(), SyncError> {
             Err(SyncError::bad_request("a failed step"))
         });
