@@ -14,7 +14,6 @@ use super::slot::{UserSlot, UserState};
 use crate::backup;
 use crate::collection::state::{StepAnswer, Summary, SyncState};
 use crate::error::{OrSyncError, SyncError};
-use crate::storage;
 
 impl UserSlot {
     /// Runs `op` with the collection. A normal sync in progress ends first
@@ -197,6 +196,7 @@ mod tests {
     use super::*;
     use crate::collection::sanity::SanityResponse;
     use crate::error::Kind;
+    use crate::storage;
     use crate::user::UserStore;
 
     fn store() -> (tempfile::TempDir, UserStore) {
