@@ -20,7 +20,6 @@ use super::rows::{CardRow, NoteRow, RevlogRow, RowSeed};
 use super::state::SyncState;
 use crate::budget::Account;
 use crate::error::SyncError;
-use crate::storage;
 use crate::storage::proto::notetypes::notetype;
 
 /// Objects per chunk.
@@ -167,11 +166,8 @@ where
 }
 
 /// Merges a chunk from the client: revlog, then cards, then notes, each row
-/// written as it is merged (see [`Merge`]). Rows grow the page cache for
-/// the rest of the sync (`storage::sync_cache`): only syncs that write rows
-/// need it.
+/// written as it is merged (see [`Merge`]).
 pub fn apply(col: &Connection, state: &SyncState, chunk: &mut Chunk) -> Result<(), SyncError> {
-    storage::sync_cache(col, true)?;
     chunk.revlog.sort_by_key(|r| r.id);
     chunk.cards.sort_by_key(|r| r.id);
     chunk.notes.sort_by_key(|r| r.id);
@@ -494,23 +490,6 @@ pub(super) mod tests {
             Err(DecodeError::Apply(e)) => Err(e),
             Err(other) => panic!("not a merge error: {other}"),
         }
-    }
-
-    #[test]
-    fn rows_grow_the_page_cache() {
-        let c = db();
-        let kib = |c: &Connection| -> i64 {
-            -c.query_row("pragma cache_size", [], |r| r.get::<_, i64>(0))
-                .unwrap()
-        };
-        storage::sync_cache(&c, false).unwrap();
-        let normal = kib(&c);
-        apply_one(&c, &state(3, 5), vec![], vec![card(1, 10, 0.0)]).unwrap();
-        assert!(
-            kib(&c) > normal,
-            "{} KiB after rows, {normal} before",
-            kib(&c)
-        );
     }
 
     #[test]

@@ -35,15 +35,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// purpose: the server runs on 512 MiB routers with one connection per user.
 const CACHE_SIZE_KIB: i64 = 2048;
 
-/// Page cache of a normal sync once the client's rows arrive (a sync that
-/// only sends rows down keeps 2 MiB). A large upload changes more pages
-/// than 2 MiB holds (5,000 new notes on 50,000: some
-/// 900), and SQLite then writes changed pages to the WAL before the commit,
-/// writes them again when they change once more, and reads evicted pages
-/// back: 2,664 writes and 1,800 reads at 2 MiB, 1,768 and 840 at 4 MiB.
-/// Only pages the sync touches fill it; it shrinks back when the sync ends.
-const SYNC_CACHE_SIZE_KIB: i64 = 4096;
-
 /// Prepared statements kept per connection (rusqlite's default is 16).
 const STATEMENT_CACHE: usize = 64;
 
@@ -77,18 +68,6 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // open collection, they are not parsed again at every sync.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
-}
-
-/// Grows the page cache for a normal sync's transaction (`true`), or
-/// shrinks it back when the sync ended (`false`), which frees the pages
-/// over the smaller size.
-pub fn sync_cache(conn: &Connection, syncing: bool) -> rusqlite::Result<()> {
-    let kib = if syncing {
-        SYNC_CACHE_SIZE_KIB
-    } else {
-        CACHE_SIZE_KIB
-    };
-    conn.pragma_update(None, "cache_size", -kib)
 }
 
 /// Register the `unicase` collation on a connection.

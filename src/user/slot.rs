@@ -331,29 +331,15 @@ impl UserState {
 
     /// Ends any normal sync in progress, rolling back what it applied.
     pub(super) fn abort_sync(&mut self) {
-        self.end_sync(false);
-    }
-
-    /// Ends the normal sync in progress, if any: rolls back what it applied
-    /// unless it was `committed`, and shrinks the page cache it grew
-    /// (`storage::sync_cache`).
-    pub(super) fn end_sync(&mut self, committed: bool) {
-        if self.sync.take().is_none() {
-            return;
-        }
-        let Some(col) = &self.col else {
-            return;
-        };
-        if !committed {
-            if let Err(e) = col.execute_batch("rollback") {
-                warn!(
-                    "rolling back an abandoned sync in {}: {e}",
-                    self.dir.display()
-                );
+        if self.sync.take().is_some() {
+            if let Some(col) = &self.col {
+                if let Err(e) = col.execute_batch("rollback") {
+                    warn!(
+                        "rolling back an abandoned sync in {}: {e}",
+                        self.dir.display()
+                    );
+                }
             }
-        }
-        if let Err(e) = storage::sync_cache(col, false) {
-            warn!("shrinking the page cache of {}: {e}", self.dir.display());
         }
     }
 

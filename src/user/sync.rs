@@ -91,7 +91,7 @@ impl UserSlot {
             })
         })?;
         // Committed: the state is over, nothing to roll back.
-        user.end_sync(true);
+        user.sync = None;
         info!(
             "user {}: normal sync finished in {} ms, {} objects sent, {} received",
             self.name, done.millis, done.sent, done.received
@@ -196,7 +196,6 @@ mod tests {
     use super::*;
     use crate::collection::sanity::SanityResponse;
     use crate::error::Kind;
-    use crate::storage;
     use crate::user::UserStore;
 
     fn store() -> (tempfile::TempDir, UserStore) {
@@ -234,44 +233,6 @@ mod tests {
         nothing(&slot, "s1").unwrap();
         slot.with_col(|_| Ok(())).unwrap();
         assert!(store.release_idle_caches(Duration::ZERO), "the sync ended");
-    }
-
-    fn cache_kib(slot: &UserSlot) -> i64 {
-        let mut user = slot.lock();
-        let col = user.collection().unwrap();
-        -col.query_row("pragma cache_size", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    }
-
-    /// Starts a sync whose step grows the page cache, as a chunk of rows does.
-    fn start_grown(slot: &UserSlot, session: &str) -> i64 {
-        start(slot, session).unwrap();
-        slot.with_sync_state(session, 0, |col, _| Ok(storage::sync_cache(col, true)?))
-            .unwrap();
-        cache_kib(slot)
-    }
-
-    #[test]
-    fn a_grown_cache_shrinks_back_when_the_sync_ends() {
-        let (_base, store) = store();
-        let slot = store.slot("u").unwrap();
-        let normal = cache_kib(&slot);
-        let grown = start_grown(&slot, "s1");
-        assert!(
-            grown > normal,
-            "{grown} KiB while syncing, {normal} KiB otherwise"
-        );
-        slot.finish_sync("s1", 1).unwrap();
-        assert_eq!(cache_kib(&slot), normal, "committed");
-        start_grown(&slot, "s2");
-        slot.abort_sync();
-        assert_eq!(cache_kib(&slot), normal, "rolled back");
-        start_grown(&slot, "s3");
-        let failed = slot.with_sync_state("s3", 0, |_, _| -> Result<(), SyncError> {
-            Err(SyncError::bad_request("a failed step"))
-        });
-        assert!(failed.is_err());
-        assert_eq!(cache_kib(&slot), normal, "a failed step rolled it back");
     }
 
     #[test]
