@@ -68,12 +68,12 @@ impl<'r> Incoming<'r> {
 }
 
 /// What an answer may borrow, kept by the caller until the answer is sent:
-/// the user's slot with the request's place among that user's requests
-/// (given back when the answer has been sent), and the count of answer bytes
-/// handed to the connection.
+/// the user's slot, the request's place among that user's requests, and the
+/// count of answer bytes handed to the connection.
 #[derive(Default)]
 pub struct Scope {
-    permit: OnceCell<RequestPermit>,
+    slot: OnceCell<Arc<UserSlot>>,
+    permit: Cell<Option<RequestPermit>>,
     sent: Cell<u64>,
 }
 
@@ -81,6 +81,23 @@ impl Scope {
     /// Answer bytes read from the answer's body so far.
     pub fn sent(&self) -> u64 {
         self.sent.get()
+    }
+
+    /// Keeps the request's place until [`Scope::release`]; the slot stays
+    /// borrowable for as long as the scope lives.
+    fn admit(&self, permit: RequestPermit) -> &UserSlot {
+        let slot = self.slot.get_or_init(|| Arc::clone(permit.slot()));
+        self.permit.set(Some(permit));
+        slot
+    }
+
+    /// Gives the request's place back. It must happen before the answer's
+    /// last byte can reach the client: a client sends its next request the
+    /// moment it has the answer, and that request must not find this one
+    /// still counted (CI saw a 409 so, with the log line of each answered
+    /// request still waiting on a busy stderr).
+    fn release(&self) {
+        drop(self.permit.take());
     }
 }
 
@@ -152,9 +169,14 @@ impl Service {
                 reply::error_answer(&err)
             }
         };
-        answer.body = Box::new(Counted {
+        if answer.len == Some(0) {
+            // tiny_http does not read an empty body.
+            scope.release();
+        }
+        answer.body = Box::new(Outgoing {
             inner: answer.body,
-            count: &scope.sent,
+            scope,
+            len: answer.len,
         });
         if !complete {
             answer.headers.push(("Connection", "close".into()));
@@ -239,7 +261,7 @@ impl Service {
         // One user's requests may hold only part of the workers; beyond it,
         // a prompt 409 instead of a wait (issue 14 item 4).
         let permit = opened.enter(max_requests(self.config.workers))?;
-        let slot: &UserSlot = scope.permit.get_or_init(|| permit).slot();
+        let slot = scope.admit(permit);
 
         match route {
             Route::Sync(method) => self.collection(method, &header, &mut body, slot),
@@ -328,6 +350,30 @@ impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// An answer's body as the connection reads it: counts the bytes into the
+/// [`Scope`], and gives the request's place back with the last of them,
+/// before the connection can write them (the read that reaches the
+/// announced length, or the end of a chunked body, whose final chunk is
+/// written after it). A client that stops reading keeps the place until its
+/// connection times out, as a download it stalls should.
+struct Outgoing<'s, R> {
+    inner: R,
+    scope: &'s Scope,
+    len: Option<u64>,
+}
+
+impl<R: Read> Read for Outgoing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let sent = self.scope.sent.get() + n as u64;
+        self.scope.sent.set(sent);
+        if (n == 0 && !buf.is_empty()) || self.len.is_some_and(|len| sent >= len) {
+            self.scope.release();
+        }
         Ok(n)
     }
 }

@@ -685,6 +685,65 @@ fn one_user_gets_a_prompt_409_beyond_their_share_of_the_workers() {
     }
 }
 
+/// A client sends its next request the moment it has read an answer, so a
+/// request's place among the user's is given back with the answer's last
+/// byte, not after: before the connection writes it, and before the log
+/// line (CI once saw `sanityCheck2` refused with 409 because four answered
+/// requests still waited to log).
+#[test]
+fn a_requests_place_is_given_back_with_its_answers_last_byte() {
+    let base = tempfile::tempdir().unwrap();
+    let s = service_with(base.path(), &[]);
+    let slot = s.store.open("user").unwrap();
+    let header = header_for(HKEY, "s");
+    let headers = [
+        ("anki-sync".to_string(), header),
+        ("Content-Length".to_string(), "0".to_string()),
+    ];
+    let is_free = || slot.enter(1).is_ok();
+    for (url, payload) in [
+        ("/sync/meta", &br#"{"v":11,"cv":"x"}"#[..]),
+        ("/sync/download", br#"{"_pad":null}"#),
+    ] {
+        let body = zstd::encode_all(payload, 3).unwrap();
+        let mut headers = headers.clone();
+        headers[1].1 = body.len().to_string();
+        let mut reader = &body[..];
+        let scope = Scope::default();
+        let mut answer = s.dispatch(
+            Incoming {
+                verb: Verb::Post,
+                client: "127.0.0.1",
+                url,
+                headers: &headers,
+                body: &mut reader,
+                address: CLIENT,
+                login: LoginTurn::Check,
+            },
+            &scope,
+        );
+        assert_eq!(answer.status, 200, "{url}: {:?}", answer.log);
+        assert!(!is_free(), "{url}: held while the answer is unread");
+        let mut got = Vec::new();
+        match answer.len {
+            Some(len) => {
+                let mut all_but_last = vec![0; len as usize - 1];
+                answer.body.read_exact(&mut all_but_last).unwrap();
+                assert!(!is_free(), "{url}: held before the last byte");
+                let mut last = [0u8; 1];
+                answer.body.read_exact(&mut last).unwrap();
+                got.extend(all_but_last.into_iter().chain(last));
+            }
+            None => {
+                answer.body.read_to_end(&mut got).unwrap();
+            }
+        }
+        assert!(is_free(), "{url}: given back with the last byte");
+        assert_eq!(scope.sent(), got.len() as u64);
+        assert!(!got.is_empty(), "{url}");
+    }
+}
+
 /// Issue 14 item 10: failed logins count per address; after a burst, the
 /// address's next login waits its turn (the worker pool parks it), and a
 /// refused one gets 429 with `Retry-After` before its body is read. A
