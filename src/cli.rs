@@ -110,7 +110,7 @@ pub const SETTINGS: &[Setting] = &[
         "SYNC_WORKERS",
         ("--workers", "N"),
         "8",
-        "request worker threads",
+        "requests handled at once (and worker threads)",
     ),
     setting(
         "SYNC_IDLE_CLOSE_SECS",

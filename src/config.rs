@@ -76,7 +76,8 @@ pub struct Config {
     pub ip_source: IpSource,
     /// Path prefix the server answers under (always starts and ends with `/`).
     pub base_path: String,
-    /// Worker threads handling requests.
+    /// Requests handled at once, and worker threads for those that find
+    /// every place taken.
     pub workers: usize,
     /// Limits against slow and hostile clients (`SYNC_READ_TIMEOUT_SECS`,
     /// `SYNC_HEADER_TIMEOUT_SECS`, `SYNC_MAX_CONNECTIONS`,

@@ -1,9 +1,10 @@
-//! HTTP: the worker pool on top of tiny_http, routing, framing and limits,
+//! HTTP: where requests run on top of tiny_http, routing, framing and limits,
 //! and the handlers that turn requests into calls of the per-user layer.
 //! Everything that knows about status codes and headers lives here.
 //!
-//! - `server`: the worker pool; `service`: a request from and back to the
-//!   socket; `dispatch`: the request path itself, without a socket.
+//! - `server`: where requests run, and `gate`: how many at once; `service`:
+//!   a request from and back to the socket; `dispatch`: the request path
+//!   itself, without a socket.
 //! - `route`, `framing` (v11 header and zstd bodies), `legacy` and
 //!   `multipart` (pre-2.1.57 forms), `spill`, `body`, `limit`: the request.
 //! - `sync_handlers`, `media_handlers`: one handler per protocol method.
@@ -16,6 +17,7 @@ mod body;
 pub mod dispatch;
 pub mod error;
 pub mod framing;
+mod gate;
 mod legacy;
 pub mod limit;
 pub(crate) mod login;

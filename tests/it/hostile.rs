@@ -178,6 +178,28 @@ fn trickled_bodies_are_cut_off_and_free_their_workers() {
     );
 }
 
+/// `SYNC_WORKERS` bounds the requests handled at once, whether on the
+/// connection's own thread or on a worker: with one place, held by a slow
+/// body, a second request waits its turn (and is then served), it is not
+/// handled beside it.
+#[test]
+fn requests_beyond_the_workers_wait_for_a_place() {
+    let s = start(&[("SYNC_WORKERS", "1"), ("SYNC_READ_TIMEOUT_SECS", "2")]);
+    let trickler = trickle_body(&s);
+    thread::sleep(Duration::from_millis(500));
+    let (status, took) = health(&s);
+    assert_eq!(status, 200);
+    // The trickle is cut off by the 2 s minimum-rate window, 2 s after it
+    // began, so the health check waited at least about 1.5 s.
+    assert!(
+        took >= Duration::from_millis(1200),
+        "handled beside the slow body: {took:?}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let (line, _) = trickler.join().unwrap();
+    assert!(!line.starts_with("HTTP/1.1 200"), "{line}");
+}
+
 /// The tests of the global cap open all their connections from 127.0.0.1:
 /// lift the per-address cap for them.
 const ANY_PER_IP: (&str, &str) = ("SYNC_MAX_CONNECTIONS_PER_IP", "10000");

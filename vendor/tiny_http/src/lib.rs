@@ -102,7 +102,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
 
@@ -149,6 +149,27 @@ pub struct Server {
 
     // anki-sync-lite patch 2: the open connections, for `open_connections`
     registry: Arc<limits::Registry>,
+
+    // anki-sync-lite patch 13: what serves a request on the thread of the
+    // connection that read it, if anything
+    inline: Arc<RwLock<Option<InlineHandler>>>,
+}
+
+/// Serves a request on the thread of the connection that read it, or gives
+/// it back to be queued for `recv` (anki-sync-lite patch 13).
+pub type InlineHandler = Arc<dyn Fn(Request) -> Option<Request> + Send + Sync>;
+
+/// The request for the queue: `rq` unless the inline handler, if any, took
+/// it (anki-sync-lite patch 13).
+fn unless_served_inline(inline: &RwLock<Option<InlineHandler>>, rq: Request) -> Option<Request> {
+    let handler = inline
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match handler {
+        Some(handler) => handler(rq),
+        None => Some(rq),
+    }
 }
 
 /// How long the accept loop waits after an error that is not transient
@@ -298,6 +319,8 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inline: Arc<RwLock<Option<InlineHandler>>> = Arc::default();
+        let inside_inline = inline.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
@@ -356,6 +379,7 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let inline = inside_inline.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
@@ -363,11 +387,17 @@ impl Server {
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
+                                        let Some(rq) = unless_served_inline(&inline, rq) else {
+                                            continue;
+                                        };
                                         messages.push(rq.with_notify_sender(sender.clone()));
                                         receiver.recv().unwrap();
                                     }
                                 } else {
                                     for rq in client {
+                                        let Some(rq) = unless_served_inline(&inline, rq) else {
+                                            continue;
+                                        };
                                         messages.push(rq);
                                     }
                                 }
@@ -408,7 +438,16 @@ impl Server {
             listening_addr: local_addr,
             draining,
             registry,
+            inline,
         })
+    }
+
+    /// From now on, each connection's thread gives the requests it reads to
+    /// `handler` first, which serves them there or gives them back for the
+    /// queue; with `None`, all go to the queue again (anki-sync-lite patch
+    /// 13). A request being served keeps the handler it was given.
+    pub fn set_inline(&self, handler: Option<InlineHandler>) {
+        *self.inline.write().unwrap_or_else(PoisonError::into_inner) = handler;
     }
 
     /// How many client connections are open now (anki-sync-lite patch 2).
@@ -563,5 +602,57 @@ mod tests {
         client.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
+    }
+
+    /// Patch 13: the inline handler serves what it takes on the connection's
+    /// thread, what it gives back goes to the queue, in the connection's
+    /// order; without a handler, everything is queued.
+    #[test]
+    fn the_inline_handler_serves_or_gives_back() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&served);
+        server.set_inline(Some(Arc::new(move |rq: Request| {
+            if rq.url() != "/inline" {
+                return Some(rq);
+            }
+            seen.lock().unwrap().push(thread::current().id());
+            rq.respond(Response::from_string("inline")).unwrap();
+            None
+        })));
+        let mut client = TcpStream::connect(addr).unwrap();
+        let mut ask = |url: &str, last: bool| {
+            let close = if last { "Connection: close\r\n" } else { "" };
+            let head = format!("GET {url} HTTP/1.1\r\nHost: a\r\n{close}\r\n");
+            client.write_all(head.as_bytes()).unwrap();
+        };
+        ask("/inline", false);
+        ask("/queued", true);
+        let queued = server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("the request given back");
+        assert_eq!(queued.url(), "/queued");
+        queued.respond(Response::from_string("queued")).unwrap();
+        let mut answers = String::new();
+        client.read_to_string(&mut answers).unwrap();
+        let inline_at = answers.find("inline").expect("the inline answer");
+        assert!(answers[inline_at..].ends_with("queued"), "{answers}");
+        let threads = served.lock().unwrap().clone();
+        assert_eq!(threads.len(), 1);
+        assert_ne!(threads[0], thread::current().id());
+
+        server.set_inline(None);
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .write_all(b"GET /inline HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let queued = server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("queued without a handler");
+        assert_eq!(queued.url(), "/inline");
+        assert_eq!(served.lock().unwrap().len(), 1);
     }
 }
