@@ -1,6 +1,7 @@
 //! Requests that must wait for their turn (a throttled login) wait here, in
-//! one thread, instead of each holding a worker: workers are few, and a
-//! waiting request must not keep anyone else's from running.
+//! one thread, instead of each holding one of the few places for running
+//! requests (`SYNC_WORKERS`): a waiting request must not keep anyone else's
+//! from running.
 //!
 //! [`Park::park`] hands over an item with the time it is due; the park's
 //! thread gives it to `wake` at that time (in due order). The park holds a

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::metrics::{self, Metrics, SyncKind};
 use crate::user::UserStore;
 
-/// Everything a worker needs; shared by all workers.
+/// Everything handling a request needs; shared by every thread that does.
 pub struct Service {
     pub config: Config,
     /// The accounts, reloaded when the users file changes.
@@ -39,7 +39,7 @@ pub struct Service {
     pub throttle: Throttle,
 }
 
-/// What became of a request a worker handled.
+/// What became of a request handled.
 pub enum Handled {
     Done,
     /// A login whose turn comes at that time: to be parked, without a

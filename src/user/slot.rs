@@ -37,7 +37,8 @@ pub struct UserSlot {
     pub media: MediaSlot,
     /// Uploads streaming in now.
     uploads: AtomicUsize,
-    /// Requests of this user being handled now, each on a worker.
+    /// Requests of this user being handled now, each holding one of the
+    /// server's places for running requests (`SYNC_WORKERS`).
     requests: AtomicUsize,
 }
 
