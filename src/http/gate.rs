@@ -27,8 +27,13 @@ impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.taken -= 1;
+        // Waking costs a system call even with nobody waiting: only when a
+        // worker waits (one place, one worker).
+        let waited = state.waiting > 0;
         drop(state);
-        self.0.freed.notify_all();
+        if waited {
+            self.0.freed.notify_one();
+        }
     }
 }
 
