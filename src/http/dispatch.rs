@@ -174,7 +174,10 @@ impl Service {
             scope.release();
         }
         answer.body = Box::new(Outgoing {
-            inner: answer.body,
+            inner: Counted {
+                inner: answer.body,
+                count: &scope.sent,
+            },
             scope,
             len: answer.len,
         });
@@ -361,7 +364,7 @@ impl<R: Read> Read for Counted<'_, R> {
 /// written after it). A client that stops reading keeps the place until its
 /// connection times out, as a download it stalls should.
 struct Outgoing<'s, R> {
-    inner: R,
+    inner: Counted<'s, R>,
     scope: &'s Scope,
     len: Option<u64>,
 }
@@ -369,8 +372,7 @@ struct Outgoing<'s, R> {
 impl<R: Read> Read for Outgoing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let sent = self.scope.sent.get() + n as u64;
-        self.scope.sent.set(sent);
+        let sent = self.scope.sent.get();
         if (n == 0 && !buf.is_empty()) || self.len.is_some_and(|len| sent >= len) {
             self.scope.release();
         }
