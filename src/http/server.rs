@@ -195,12 +195,17 @@ fn work(
             Ok(None) | Err(_) => continue,
         };
         // Requests still queued when shutdown begins are answered, not
-        // started.
+        // started: checked before waiting for a place (no wait to refuse)
+        // and after (shutdown may have begun meanwhile).
         if shutdown.load(Ordering::SeqCst) {
             refuse(request);
             continue;
         }
         let _place = gate.enter();
+        if shutdown.load(Ordering::SeqCst) {
+            refuse(request);
+            continue;
+        }
         serve(server, service, park, request);
     }
 }
