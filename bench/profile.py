@@ -171,8 +171,8 @@ def main() -> int:
     parser.add_argument("--phase", choices=("up", "down", "both"), default="both",
                         help="which syncs are inside the window: A's (up), B's (down)")
     parser.add_argument("--rested", action="store_true",
-                        help="ours closes the collection after 1 s idle, and each measured "
-                        "sync waits for that: the reopen is inside the window")
+                        help="ours closes the collection after 1 s idle, and before each measured "
+                        "sync the client rests 3 s (either server): the reopen is inside the window")
     parser.add_argument("--binary", default=str(bench.TARGET / "release/anki-sync-lite"))
     parser.add_argument("--out", default=None, help="folder for the tool's output")
     args = parser.parse_args()
@@ -224,7 +224,7 @@ def main() -> int:
                         bench.normal_sync(server, col, auth)
                         continue
                     if args.rested:
-                        bench.wait_closed(server, bench.USER)
+                        bench.rest(server, bench.USER)
                     with window:
                         measured = bench.normal_sync(server, col, auth)
                     walls.append(measured.wall)
