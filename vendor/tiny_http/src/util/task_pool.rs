@@ -66,10 +66,18 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
+    ///
+    /// anki-sync-lite patch 14: a waiting thread counts as available only if
+    /// no task queued before this one will take it. A thread woken for a
+    /// task stays counted as waiting until it has the lock again, so two
+    /// spawns in a row could both queue their task for the one thread that
+    /// was waiting; the second task (a connection) then waited until some
+    /// other connection ended, 30 s and more. `waiting_tasks` only changes
+    /// with `todo` locked, so the comparison is exact.
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
@@ -133,5 +141,46 @@ impl Drop for TaskPool {
             .active_tasks
             .store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskPool;
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    /// anki-sync-lite patch 14: tasks that run for long (connections) and
+    /// are spawned in a burst each get a thread at once. Before the patch,
+    /// a burst could queue two tasks for one waiting thread, and the second
+    /// started only when a task ended.
+    #[test]
+    fn a_burst_of_long_tasks_all_start_at_once() {
+        for _ in 0..50 {
+            let pool = TaskPool::new();
+            let (started_tx, started) = mpsc::channel();
+            let (release_tx, release) = mpsc::channel::<()>();
+            let release = Arc::new(Mutex::new(release));
+            let burst = 12;
+            for i in 0..burst {
+                let started_tx = started_tx.clone();
+                let release = release.clone();
+                pool.spawn(Box::new(move || {
+                    started_tx.send(i).unwrap();
+                    // Runs until the test ends it, as a connection does.
+                    let _ = release
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(30));
+                }));
+            }
+            for n in 0..burst {
+                assert!(
+                    started.recv_timeout(Duration::from_secs(5)).is_ok(),
+                    "only {n} of {burst} tasks started"
+                );
+            }
+            drop(release_tx);
+        }
     }
 }
