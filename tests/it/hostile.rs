@@ -1,6 +1,7 @@
 //! Slow and hostile clients (issues 8 and 14), on raw sockets: trickled
 //! headers and bodies are cut off, idle connections and connections beyond
-//! the caps do not stop service, request framing that a proxy could read
+//! the caps do not stop service, connections opened in a burst are each
+//! served at once, request framing that a proxy could read
 //! another way is refused, oversized headers are refused, and requests
 //! arriving during shutdown get a clean answer. Each test keeps the worker
 //! pool small so that a single pinned worker would show.
@@ -239,6 +240,39 @@ fn idle_connections_beyond_the_cap_make_room_for_new_ones() {
         }
     }
     drop(idle);
+}
+
+/// tiny_http patch 14: connections opened in a burst are each read at
+/// once. Before it, two connections accepted in quick succession could both
+/// be queued for one waiting connection thread, and the second was read only
+/// when another connection ended (a real client timed out logging in). Each
+/// burst is larger than the last, so it finds the threads of the previous
+/// one waiting, and more connections than them.
+#[test]
+fn connections_opened_in_a_burst_are_each_served_at_once() {
+    let s = start(&[("SYNC_MAX_CONNECTIONS", "1024"), ANY_PER_IP]);
+    for round in 0..16 {
+        let burst = 8 + 4 * round;
+        let mut streams: Vec<TcpStream> = (0..burst).map(|_| connect(&s)).collect();
+        for stream in &mut streams {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+        }
+        // Every connection stays open until all are answered, as a client's
+        // keep-alive connections do: a stranded one would wait for good.
+        for (n, stream) in streams.iter().enumerate() {
+            let mut line = String::new();
+            let _ = BufReader::new(stream).read_line(&mut line);
+            assert!(
+                line.starts_with("HTTP/1.1 200"),
+                "burst of {burst}, connection {n}: {line:?} within 5 s"
+            );
+        }
+    }
 }
 
 /// The status line of a `/health` on a new connection ("" if none came).
