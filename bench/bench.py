@@ -490,6 +490,7 @@ class Phase:
     wall: float
     cpu: float
     peak_mb: float | None  # None when VmHWM could not be reset
+    client_cpu: float | None = None  # the client processes' own, where they report it
 
 
 def guarded(server: Server, timeout: float, call: Callable[[], T]) -> T:
@@ -560,6 +561,9 @@ def phase_rows(label: str, phases: list[Phase], syncs: int = 0) -> list[Row]:
     if syncs:
         rows.append((label, "server CPU ms per sync",
                      stat([p.cpu / syncs * 1000 for p in phases]), "ms"))
+    client = [p.client_cpu for p in phases]
+    if None not in client:
+        rows.append((label, "clients' CPU s", stat(client), "s"))
     return rows
 
 
@@ -997,7 +1001,8 @@ def concurrent_workload(prepared: Prepared) -> Workload:
             if wrong:
                 raise BenchError(f"server lacks {len(wrong)} of {user}'s changes, e.g. "
                                  f"{next(iter(wrong.items()))}")
-        return Phase(wall, cpu, peak)
+        client_cpu = sum(json.loads(outputs[user][0])["cpu_secs"] for user, _ in CONCURRENT)
+        return Phase(wall, cpu, peak, client_cpu)
 
     def report(phases: list[Phase]) -> list[Row]:
         label = (f"{CONCURRENT_USERS} users at once, {ROUNDS} rounds each, {prepared.short} "

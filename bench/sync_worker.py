@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from anki.collection import Collection
 from anki.sync_pb2 import SyncCollectionResponse
@@ -87,6 +88,9 @@ def main() -> int:
         nids = sorted(a.find_notes(""))
         print("ready", flush=True)
         sys.stdin.readline()
+        # This process's CPU (every thread: the backend syncs on its own),
+        # to show how much of the two cores the clients themselves take.
+        started_cpu = time.process_time()
         markers: dict[int, str] = {}  # nid -> the first field A last gave it
         for rnd in range(args.rounds):
             changed = change_round(a, nids, rnd, args.user, args.adds, args.edits)
@@ -96,10 +100,11 @@ def main() -> int:
             if wrong:
                 raise SystemExit(f"{args.user} round {rnd}: B lacks A's changes: {wrong}")
             markers.update(changed)
+        cpu_secs = time.process_time() - started_cpu
     finally:
         a.close()
         b.close()
-    json.dump({"synced": 2 * args.rounds,
+    json.dump({"synced": 2 * args.rounds, "cpu_secs": cpu_secs,
                "markers": {str(k): v for k, v in markers.items()}}, sys.stdout)
     return 0
 
