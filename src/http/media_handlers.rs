@@ -102,12 +102,13 @@ impl Service {
                     ))
                     .into());
                 }
-                let (file, len) = media.download(&req.files)?;
-                // The zip is an unlinked temp file: nothing else can touch
-                // it, so no lock needs to be held while it is sent.
-                Ok(Reply::File {
-                    file,
-                    len,
+                let zip = media.download(&req.files)?;
+                // The zip reads files opened under the media lock: an upload
+                // replaces or deletes a file by name, never in place, so no
+                // lock needs to be held while it is sent.
+                Ok(Reply::Stream {
+                    len: zip.size(),
+                    body: Box::new(zip),
                     _hold: Box::new(()),
                 })
             }

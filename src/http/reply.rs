@@ -3,7 +3,6 @@
 //! streamed, never read into memory. Error answers follow the official
 //! server: the status digits as plain text (clients only look at the status).
 
-use std::fs::File;
 use std::io::{BufReader, Cursor, Read};
 
 use super::dispatch::{Answer, LogFields};
@@ -21,11 +20,12 @@ pub(super) enum Reply<'s> {
     /// `/metrics`: the Prometheus text format, never compressed.
     Metrics(String),
     Bytes(Vec<u8>),
-    /// A file streamed from disk. `_hold` (typically a user's lock guard)
-    /// lives until the last byte is sent, so nothing writes to the file
+    /// A body of `len` bytes read as it is sent: a collection file, or a
+    /// media zip made on the fly. `_hold` (typically a user's lock guard)
+    /// lives until the last byte is sent, so nothing writes to the source
     /// meanwhile.
-    File {
-        file: File,
+    Stream {
+        body: Box<dyn Read + Send + 's>,
         len: u64,
         _hold: Box<dyn Held + 's>,
     },
@@ -79,8 +79,8 @@ pub(super) fn encode<'s>(reply: Reply<'s>, version: u8) -> Result<Answer<'s>, Ha
             let len = bytes.len() as u64;
             (octet_stream(), Box::new(Cursor::new(bytes)), Some(len))
         }
-        Reply::File { file, len, _hold } => {
-            let source = BufReader::with_capacity(64 * 1024, file);
+        Reply::Stream { body, len, _hold } => {
+            let source = BufReader::with_capacity(64 * 1024, body);
             if zstd {
                 let stream =
                     framing::compress_stream(source).or_internal("compressing the answer")?;

@@ -52,8 +52,8 @@ impl Service {
                 body.discard()?;
                 let legacy = header.version < SYNC_VERSION_ZSTD;
                 let download = slot.download(legacy, now_millis())?;
-                Ok(Reply::File {
-                    file: download.file,
+                Ok(Reply::Stream {
+                    body: Box::new(download.file),
                     len: download.len,
                     _hold: Box::new(download.hold),
                 })

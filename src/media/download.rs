@@ -1,9 +1,12 @@
 //! Media downloads (`downloadFiles`): the chosen files are opened under the
 //! media lock (an open file stays valid when an upload later replaces or
-//! deletes it) and packed into an unlinked temp file after releasing it.
+//! deletes it), and the zip is made from them as the answer is sent, after
+//! releasing it. A download keeps its files (at most `MAX_ENTRIES`) open
+//! until each is sent; it is sent within one of the `SYNC_WORKERS` places,
+//! which bounds the open files of all downloads together.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom};
+use std::io::{self, Cursor};
 
 use log::warn;
 use rusqlite::Connection;
@@ -11,38 +14,32 @@ use serde_json::Value;
 
 use super::DOWNLOAD_TARGET_BYTES;
 use super::db;
-use super::store::{COPY_BUFFER, MediaSlot, disk};
-use super::zip::ZipWriter;
+use super::store::{MediaSlot, disk};
+use super::zip::{ReadSeek, ZipStream};
 use crate::error::SyncError;
-use crate::storage::TempFile;
 
 impl MediaSlot {
     /// `downloadFiles`: the longest prefix of `names` whose sizes first
-    /// exceed 2.5 MiB (at least one file), packed as a zip in an unlinked
-    /// temp file. An unknown or deleted name is a conflict; a file missing
-    /// on disk is forgotten (row removed, no USN) and is a conflict too.
-    pub fn download(&self, names: &[String]) -> Result<(File, u64), SyncError> {
+    /// exceed 2.5 MiB (at least one file), as a zip made while it is read.
+    /// An unknown or deleted name is a conflict; a file missing on disk is
+    /// forgotten (row removed, no USN) and is a conflict too.
+    pub fn download(&self, names: &[String]) -> Result<ZipStream<'static>, SyncError> {
         let files = self.open_for_download(names)?;
-        let out = TempFile::anonymous(&self.user_dir, "media-download")
-            .map_err(|e| disk("creating a temp file", e))?;
-        let mut zip = ZipWriter::new(BufWriter::with_capacity(COPY_BUFFER, out));
         let mut map = serde_json::Map::new();
+        let mut entries = Vec::with_capacity(files.len() + 1);
         for (index, (name, file)) in files.into_iter().enumerate() {
+            let size = file
+                .metadata()
+                .map_err(|e| disk("reading a media file's size", e))?
+                .len();
             let entry = index.to_string();
-            zip.add(&entry, &mut BufReader::with_capacity(COPY_BUFFER, file))
-                .map_err(|e| disk("packing a download", e))?;
+            entries.push((entry.clone(), Box::new(file) as Box<dyn ReadSeek>, size));
             map.insert(entry, Value::String(name));
         }
-        let meta = Value::Object(map).to_string();
-        zip.add("_meta", &mut meta.as_bytes())
-            .map_err(|e| disk("packing a download", e))?;
-        let (out, len) = zip.finish().map_err(|e| disk("packing a download", e))?;
-        let mut out = out
-            .into_inner()
-            .map_err(|e| disk("packing a download", e.into_error()))?;
-        out.seek(SeekFrom::Start(0))
-            .map_err(|e| disk("packing a download", e))?;
-        Ok((out, len))
+        let meta = Value::Object(map).to_string().into_bytes();
+        let meta_len = meta.len() as u64;
+        entries.push(("_meta".to_string(), Box::new(Cursor::new(meta)), meta_len));
+        ZipStream::new(entries).map_err(|e| disk("packing a download", e))
     }
 
     fn open_for_download(&self, names: &[String]) -> Result<Vec<(String, File)>, SyncError> {
@@ -123,9 +120,11 @@ mod tests {
 
     fn download(slot: &MediaSlot, names: &[&str]) -> Result<Vec<(String, Vec<u8>)>, SyncError> {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let (file, len) = slot.download(&names)?;
-        assert_eq!(file.metadata().unwrap().len(), len);
-        let mut zip = ZipReader::open(file).unwrap();
+        let mut stream = slot.download(&names)?;
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, stream.size());
+        let mut zip = ZipReader::open(std::io::Cursor::new(bytes)).unwrap();
         let mut read = |name: &str| {
             let entry = zip.entry(name).cloned().unwrap();
             let mut out = Vec::new();

@@ -8,12 +8,14 @@
 //! after at most one byte too many. Stored and Deflate are supported, as the
 //! official client and server; no zip64, no encryption.
 //!
-//! Writing: download zips (and collection packages, `crate::colpkg`) use
-//! Stored entries written straight from the source; the CRC and sizes are
-//! patched into the local header after the data, so nothing is read twice
-//! or held in memory. An archive past 4 GiB or 65 535 entries (a package
-//! with a big media folder) gets zip64 offsets and end records; a single
-//! entry must stay under 4 GiB (media files are at most 100 MiB).
+//! Writing: Stored entries, never held in memory. Collection packages
+//! (`crate::colpkg`) are written to a file by [`ZipWriter`], which patches
+//! each entry's CRC and sizes into its local header after the data. Media
+//! downloads are made while they are sent by [`ZipStream`], which reads each
+//! file twice (first for the CRC) instead of writing the zip anywhere; both
+//! produce the same bytes. An archive past 4 GiB or 65 535 entries (a
+//! package with a big media folder) gets zip64 offsets and end records; a
+//! single entry must stay under 4 GiB (media files are at most 100 MiB).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -350,19 +352,9 @@ impl<W: Write + Seek> ZipWriter<W> {
     /// Copies `data` into a new Stored entry; returns its size.
     pub fn add(&mut self, name: &str, data: &mut dyn Read) -> io::Result<u64> {
         let header_offset = self.offset;
-        let name_len = u16::try_from(name.len()).map_err(io::Error::other)?;
+        // CRC and sizes are patched in below, once the data has passed.
+        let local = local_header(name, 0, 0)?;
         self.count += 1;
-        let mut local = Vec::with_capacity(LOCAL_LEN as usize + name.len());
-        local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
-        local.extend_from_slice(&10u16.to_le_bytes()); // version needed: 1.0
-        local.extend_from_slice(&0u16.to_le_bytes()); // flags
-        local.extend_from_slice(&STORED.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes()); // time
-        local.extend_from_slice(&DOS_DATE.to_le_bytes());
-        local.extend_from_slice(&[0u8; 12]); // CRC and sizes, patched below
-        local.extend_from_slice(&name_len.to_le_bytes());
-        local.extend_from_slice(&0u16.to_le_bytes()); // extra
-        local.extend_from_slice(name.as_bytes());
         self.out.write_all(&local)?;
 
         let mut crc = Crc::new();
@@ -380,89 +372,333 @@ impl<W: Write + Seek> ZipWriter<W> {
             size += n as u64;
         }
         let size32 = small(size, "entry")?;
-        let mut patch = [0u8; 12];
-        patch[..4].copy_from_slice(&crc.sum().to_le_bytes());
-        patch[4..8].copy_from_slice(&size32.to_le_bytes());
-        patch[8..].copy_from_slice(&size32.to_le_bytes());
         self.out.seek(SeekFrom::Start(header_offset + 14))?;
-        self.out.write_all(&patch)?;
+        self.out.write_all(&crc_and_sizes(crc.sum(), size32))?;
         self.offset += local.len() as u64 + size;
         self.out.seek(SeekFrom::Start(self.offset))?;
-
-        // Past the zip64 line, the offset moves into a zip64 extra field.
         let far = header_offset >= self.zip64_offset;
-        let (version, extra_len, offset32) = match far {
-            true => (ZIP64_VERSION, 12u16, u32::MAX),
-            false => (10, 0, header_offset as u32),
-        };
-        let c = &mut self.central;
-        c.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
-        c.extend_from_slice(&0x031Eu16.to_le_bytes()); // made by: Unix, 3.0
-        c.extend_from_slice(&version.to_le_bytes());
-        c.extend_from_slice(&0u16.to_le_bytes());
-        c.extend_from_slice(&STORED.to_le_bytes());
-        c.extend_from_slice(&0u16.to_le_bytes());
-        c.extend_from_slice(&DOS_DATE.to_le_bytes());
-        c.extend_from_slice(&patch);
-        c.extend_from_slice(&name_len.to_le_bytes());
-        c.extend_from_slice(&extra_len.to_le_bytes());
-        c.extend_from_slice(&[0u8; 6]); // comment, disk, internal attributes
-        c.extend_from_slice(&(0o100644u32 << 16).to_le_bytes());
-        c.extend_from_slice(&offset32.to_le_bytes());
-        c.extend_from_slice(name.as_bytes());
-        if far {
-            c.extend_from_slice(&ZIP64_EXTRA.to_le_bytes());
-            c.extend_from_slice(&8u16.to_le_bytes());
-            c.extend_from_slice(&header_offset.to_le_bytes());
-        }
+        central_record(
+            &mut self.central,
+            name,
+            crc.sum(),
+            size32,
+            header_offset,
+            far,
+        );
         Ok(size)
     }
 
-    /// Writes the central directory; returns the sink and the zip's length.
+    /// Writes the central directory and end records; returns the sink and
+    /// the archive's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         let central_offset = self.offset;
         let central_len = self.central.len() as u64;
         self.out.write_all(&self.central)?;
-        let mut end = Vec::with_capacity(56 + 20 + END_LEN);
-        let zip64 = self.count >= self.zip64_count
-            || central_offset >= self.zip64_offset
-            || central_len >= u64::from(u32::MAX);
-        if zip64 {
-            let record_offset = central_offset + central_len;
-            end.extend_from_slice(&ZIP64_END_SIG.to_le_bytes());
-            end.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
-            end.extend_from_slice(&0x031Eu16.to_le_bytes());
-            end.extend_from_slice(&ZIP64_VERSION.to_le_bytes());
-            end.extend_from_slice(&[0u8; 8]); // disk numbers
-            end.extend_from_slice(&self.count.to_le_bytes());
-            end.extend_from_slice(&self.count.to_le_bytes());
-            end.extend_from_slice(&central_len.to_le_bytes());
-            end.extend_from_slice(&central_offset.to_le_bytes());
-            end.extend_from_slice(&ZIP64_LOCATOR_SIG.to_le_bytes());
-            end.extend_from_slice(&0u32.to_le_bytes()); // disk
-            end.extend_from_slice(&record_offset.to_le_bytes());
-            end.extend_from_slice(&1u32.to_le_bytes()); // disks
-        }
-        // The classic record, its fields saturated when zip64 holds them.
-        let count16 = u16::try_from(self.count)
-            .ok()
-            .filter(|_| !zip64)
-            .unwrap_or(u16::MAX);
-        let saturate = |v: u64| match zip64 {
-            true => u32::MAX,
-            false => v as u32,
-        };
-        end.extend_from_slice(&END_SIG.to_le_bytes());
-        end.extend_from_slice(&[0u8; 4]); // disk numbers
-        end.extend_from_slice(&count16.to_le_bytes());
-        end.extend_from_slice(&count16.to_le_bytes());
-        end.extend_from_slice(&saturate(central_len).to_le_bytes());
-        end.extend_from_slice(&saturate(central_offset).to_le_bytes());
-        end.extend_from_slice(&0u16.to_le_bytes()); // comment
+        let zip64 = needs_zip64(
+            self.count,
+            central_offset,
+            central_len,
+            self.zip64_offset,
+            self.zip64_count,
+        );
+        let end = end_records(self.count, central_offset, central_len, zip64);
         self.out.write_all(&end)?;
         self.out.flush()?;
         let len = central_offset + central_len + end.len() as u64;
         Ok((self.out, len))
+    }
+}
+
+/// A Stored entry's local header.
+fn local_header(name: &str, crc: u32, size: u32) -> io::Result<Vec<u8>> {
+    let name_len = u16::try_from(name.len()).map_err(io::Error::other)?;
+    let mut local = Vec::with_capacity(LOCAL_LEN as usize + name.len());
+    local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
+    local.extend_from_slice(&10u16.to_le_bytes()); // version needed: 1.0
+    local.extend_from_slice(&0u16.to_le_bytes()); // flags
+    local.extend_from_slice(&STORED.to_le_bytes());
+    local.extend_from_slice(&0u16.to_le_bytes()); // time
+    local.extend_from_slice(&DOS_DATE.to_le_bytes());
+    local.extend_from_slice(&crc_and_sizes(crc, size));
+    local.extend_from_slice(&name_len.to_le_bytes());
+    local.extend_from_slice(&0u16.to_le_bytes()); // extra
+    local.extend_from_slice(name.as_bytes());
+    Ok(local)
+}
+
+/// CRC, compressed and uncompressed size (the same: Stored).
+fn crc_and_sizes(crc: u32, size: u32) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out[4..8].copy_from_slice(&size.to_le_bytes());
+    out[8..].copy_from_slice(&size.to_le_bytes());
+    out
+}
+
+/// A Stored entry's central directory record, appended to `c`. Past the
+/// zip64 line (`far`), its offset moves into a zip64 extra field. The name's
+/// length was checked by [`local_header`].
+fn central_record(c: &mut Vec<u8>, name: &str, crc: u32, size: u32, header_offset: u64, far: bool) {
+    let (version, extra_len, offset32) = match far {
+        true => (ZIP64_VERSION, 12u16, u32::MAX),
+        false => (10, 0, header_offset as u32),
+    };
+    c.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
+    c.extend_from_slice(&0x031Eu16.to_le_bytes()); // made by: Unix, 3.0
+    c.extend_from_slice(&version.to_le_bytes());
+    c.extend_from_slice(&0u16.to_le_bytes());
+    c.extend_from_slice(&STORED.to_le_bytes());
+    c.extend_from_slice(&0u16.to_le_bytes());
+    c.extend_from_slice(&DOS_DATE.to_le_bytes());
+    c.extend_from_slice(&crc_and_sizes(crc, size));
+    c.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    c.extend_from_slice(&extra_len.to_le_bytes());
+    c.extend_from_slice(&[0u8; 6]); // comment, disk, internal attributes
+    c.extend_from_slice(&(0o100644u32 << 16).to_le_bytes());
+    c.extend_from_slice(&offset32.to_le_bytes());
+    c.extend_from_slice(name.as_bytes());
+    if far {
+        c.extend_from_slice(&ZIP64_EXTRA.to_le_bytes());
+        c.extend_from_slice(&8u16.to_le_bytes());
+        c.extend_from_slice(&header_offset.to_le_bytes());
+    }
+}
+
+/// The length of [`central_record`]'s record.
+fn central_record_len(name: &str, far: bool) -> u64 {
+    (CENTRAL_LEN + name.len()) as u64 + if far { 12 } else { 0 }
+}
+
+fn needs_zip64(
+    count: u64,
+    central_offset: u64,
+    central_len: u64,
+    zip64_offset: u64,
+    zip64_count: u64,
+) -> bool {
+    count >= zip64_count || central_offset >= zip64_offset || central_len >= u64::from(u32::MAX)
+}
+
+/// The end records: zip64's record and locator when `zip64`, then the
+/// classic record, its fields saturated when zip64 holds them.
+fn end_records(count: u64, central_offset: u64, central_len: u64, zip64: bool) -> Vec<u8> {
+    let mut end = Vec::with_capacity(end_records_len(zip64));
+    if zip64 {
+        let record_offset = central_offset + central_len;
+        end.extend_from_slice(&ZIP64_END_SIG.to_le_bytes());
+        end.extend_from_slice(&44u64.to_le_bytes()); // size of the rest
+        end.extend_from_slice(&0x031Eu16.to_le_bytes());
+        end.extend_from_slice(&ZIP64_VERSION.to_le_bytes());
+        end.extend_from_slice(&[0u8; 8]); // disk numbers
+        end.extend_from_slice(&count.to_le_bytes());
+        end.extend_from_slice(&count.to_le_bytes());
+        end.extend_from_slice(&central_len.to_le_bytes());
+        end.extend_from_slice(&central_offset.to_le_bytes());
+        end.extend_from_slice(&ZIP64_LOCATOR_SIG.to_le_bytes());
+        end.extend_from_slice(&0u32.to_le_bytes()); // disk
+        end.extend_from_slice(&record_offset.to_le_bytes());
+        end.extend_from_slice(&1u32.to_le_bytes()); // disks
+    }
+    let count16 = u16::try_from(count)
+        .ok()
+        .filter(|_| !zip64)
+        .unwrap_or(u16::MAX);
+    let saturate = |v: u64| match zip64 {
+        true => u32::MAX,
+        false => v as u32,
+    };
+    end.extend_from_slice(&END_SIG.to_le_bytes());
+    end.extend_from_slice(&[0u8; 4]); // disk numbers
+    end.extend_from_slice(&count16.to_le_bytes());
+    end.extend_from_slice(&count16.to_le_bytes());
+    end.extend_from_slice(&saturate(central_len).to_le_bytes());
+    end.extend_from_slice(&saturate(central_offset).to_le_bytes());
+    end.extend_from_slice(&0u16.to_le_bytes()); // comment
+    end
+}
+
+fn end_records_len(zip64: bool) -> usize {
+    END_LEN + if zip64 { 56 + 20 } else { 0 }
+}
+
+/// A zip of Stored entries made as it is read, for media downloads: the
+/// same bytes [`ZipWriter`] would write, without writing them anywhere
+/// first. Each entry's source is read twice: once for its CRC, which the
+/// local header needs before the data, then again as the data goes out
+/// (from the page cache, just read). That costs less than writing the zip
+/// to a temporary file and reading it back, and needs no disk space.
+///
+/// The length is known from the start (the sources' sizes), so a legacy
+/// client gets a Content-Length. A source whose length or content changes
+/// while it is sent fails the read, and the client sees a broken answer,
+/// never a wrong file.
+pub struct ZipStream<'a> {
+    entries: std::vec::IntoIter<(String, Box<dyn ReadSeek + 'a>, u64)>,
+    /// The entry being sent: its source, bytes still to send, the CRC so far
+    /// and the CRC its header promised.
+    current: Option<(Box<dyn ReadSeek + 'a>, u64, Crc, u32)>,
+    /// Header or tail bytes waiting to be read, from `pending_at` on.
+    pending: Vec<u8>,
+    pending_at: usize,
+    central: Vec<u8>,
+    offset: u64,
+    count: u64,
+    zip64_offset: u64,
+    zip64_count: u64,
+    finished: bool,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+/// An entry's source.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+impl<'a> ZipStream<'a> {
+    /// `entries`: each entry's name, its source (at its start) and its
+    /// length.
+    pub fn new(entries: Vec<(String, Box<dyn ReadSeek + 'a>, u64)>) -> io::Result<Self> {
+        Self::with_zip64_from(entries, u64::from(u32::MAX), u64::from(u16::MAX))
+    }
+
+    fn with_zip64_from(
+        entries: Vec<(String, Box<dyn ReadSeek + 'a>, u64)>,
+        zip64_offset: u64,
+        zip64_count: u64,
+    ) -> io::Result<Self> {
+        let mut offset = 0u64;
+        let mut central_len = 0u64;
+        for (name, _, size) in &entries {
+            u16::try_from(name.len()).map_err(io::Error::other)?;
+            small(*size, "entry")?;
+            central_len += central_record_len(name, offset >= zip64_offset);
+            offset += LOCAL_LEN + name.len() as u64 + size;
+        }
+        let count = entries.len() as u64;
+        let zip64 = needs_zip64(count, offset, central_len, zip64_offset, zip64_count);
+        Ok(ZipStream {
+            entries: entries.into_iter(),
+            current: None,
+            pending: Vec::new(),
+            pending_at: 0,
+            central: Vec::new(),
+            offset: 0,
+            count: 0,
+            zip64_offset,
+            zip64_count,
+            finished: false,
+            len: offset + central_len + end_records_len(zip64) as u64,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// The archive's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
+    /// Reads `source` for its CRC, checks its length, rewinds it, and
+    /// queues its local header.
+    fn begin(
+        &mut self,
+        name: String,
+        mut source: Box<dyn ReadSeek + 'a>,
+        size: u64,
+    ) -> io::Result<()> {
+        let mut crc = Crc::new();
+        let mut seen = 0u64;
+        loop {
+            let n = match source.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            crc.update(&self.buf[..n]);
+            seen += n as u64;
+        }
+        if seen != size {
+            return Err(io::Error::other(format!(
+                "{name}: {seen} bytes where {size} were expected (changed while being sent)"
+            )));
+        }
+        source.seek(SeekFrom::Start(0))?;
+        let size32 = small(size, "entry")?;
+        let header_offset = self.offset;
+        self.pending = local_header(&name, crc.sum(), size32)?;
+        self.pending_at = 0;
+        let far = header_offset >= self.zip64_offset;
+        central_record(
+            &mut self.central,
+            &name,
+            crc.sum(),
+            size32,
+            header_offset,
+            far,
+        );
+        self.offset += self.pending.len() as u64 + size;
+        self.count += 1;
+        self.current = Some((source, size, Crc::new(), crc.sum()));
+        Ok(())
+    }
+
+    /// Queues the central directory and end records.
+    fn end(&mut self) -> io::Result<()> {
+        let central_offset = self.offset;
+        let central_len = self.central.len() as u64;
+        let zip64 = needs_zip64(
+            self.count,
+            central_offset,
+            central_len,
+            self.zip64_offset,
+            self.zip64_count,
+        );
+        let mut tail = std::mem::take(&mut self.central);
+        tail.extend_from_slice(&end_records(self.count, central_offset, central_len, zip64));
+        if central_offset + tail.len() as u64 != self.len {
+            return Err(io::Error::other("zip length differs from its plan"));
+        }
+        self.pending = tail;
+        self.pending_at = 0;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Read for ZipStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pending_at < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.pending_at);
+                buf[..n].copy_from_slice(&self.pending[self.pending_at..self.pending_at + n]);
+                self.pending_at += n;
+                return Ok(n);
+            }
+            if let Some((source, left, crc, promised)) = &mut self.current {
+                if *left > 0 {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = source.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "a file shrank while being sent",
+                        ));
+                    }
+                    crc.update(&buf[..n]);
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                if crc.sum() != *promised {
+                    return Err(io::Error::other("a file changed while being sent"));
+                }
+                self.current = None;
+            }
+            match self.entries.next() {
+                Some((name, source, size)) => self.begin(name, source, size)?,
+                None if !self.finished => self.end()?,
+                None => return Ok(0),
+            }
+        }
     }
 }
 
@@ -675,6 +911,120 @@ pub(crate) mod tests {
         // The local header carries the real CRC and sizes (no descriptor).
         assert_eq!(u32_at(&bytes, 18), 12);
         assert_eq!(u32_at(&bytes, 22), 12);
+    }
+
+    /// What `ZipStream` makes of `entries`, read `step` bytes at a time.
+    fn streamed(entries: &[(&str, &[u8])], zip64: (u64, u64), step: usize) -> io::Result<Vec<u8>> {
+        let sources = entries
+            .iter()
+            .map(|(name, data)| {
+                let source: Box<dyn ReadSeek> = Box::new(Cursor::new(data.to_vec()));
+                (name.to_string(), source, data.len() as u64)
+            })
+            .collect();
+        let mut stream = ZipStream::with_zip64_from(sources, zip64.0, zip64.1)?;
+        let len = stream.size();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; step];
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out.len() as u64, len, "the planned length");
+        Ok(out)
+    }
+
+    #[test]
+    fn the_stream_makes_the_writers_bytes() {
+        let big = vec![7u8; 200_000];
+        let entries: [(&str, &[u8]); 4] = [
+            ("0", b"apple-data-1"),
+            ("1", b""),
+            ("2", &big),
+            ("_meta", br#"{"0":"apple.jpg","1":"empty","2":"big"}"#),
+        ];
+        let limits = [
+            (u64::from(u32::MAX), u64::from(u16::MAX)),
+            (100, 3),
+            (0, 1),
+            (40, 9),
+        ];
+        for zip64 in limits {
+            let mut writer = ZipWriter::new(Cursor::new(Vec::new())).zip64_from(zip64.0, zip64.1);
+            for (name, data) in entries {
+                writer.add(name, &mut &data[..]).unwrap();
+            }
+            let (out, len) = writer.finish().unwrap();
+            let written = out.into_inner();
+            assert_eq!(written.len() as u64, len);
+            for step in [1, 7, 4096, 64 * 1024] {
+                let bytes = streamed(&entries, zip64, step).unwrap();
+                assert!(
+                    bytes == written,
+                    "zip64 from {zip64:?}, read {step} at a time"
+                );
+            }
+            // (Our reader takes no zip64; zip64_offsets_and_counts_read_back
+            // has Python read the writer's.)
+            if zip64.1 == u64::from(u16::MAX) {
+                assert_eq!(read_all(&written, "2").unwrap(), big);
+            }
+        }
+        // No entries at all: just the end record.
+        assert_eq!(
+            streamed(&[], (u64::from(u32::MAX), 65535), 10)
+                .unwrap()
+                .len(),
+            END_LEN
+        );
+    }
+
+    /// A source that gives other bytes (or fewer) after its first pass.
+    struct Fickle {
+        first: Cursor<Vec<u8>>,
+        then: Vec<u8>,
+    }
+
+    impl Read for Fickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.first.read(buf)
+        }
+    }
+
+    impl Seek for Fickle {
+        fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            self.first = Cursor::new(std::mem::take(&mut self.then));
+            self.first.seek(to)
+        }
+    }
+
+    #[test]
+    fn a_source_that_changes_while_sent_fails_the_stream() {
+        let read = |first: &[u8], then: &[u8], declared: u64| {
+            let source: Box<dyn ReadSeek> = Box::new(Fickle {
+                first: Cursor::new(first.to_vec()),
+                then: then.to_vec(),
+            });
+            let mut stream = ZipStream::new(vec![("0".to_string(), source, declared)]).unwrap();
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).map(|_| out)
+        };
+        assert!(read(b"abcdef", b"abcdef", 6).is_ok());
+        // Another length than the one planned, before anything is sent.
+        let err = read(b"abcdef", b"abcdef", 5).unwrap_err();
+        assert!(err.to_string().contains("6 bytes where 5"), "{err}");
+        // Changed after its CRC was taken: same length, other bytes.
+        let err = read(b"abcdef", b"abcxef", 6).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while being sent"),
+            "{err}"
+        );
+        // Shrank after its CRC was taken.
+        let err = read(b"abcdef", b"abc", 6).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     /// Python's `zipfile` (an independent reader, as the `zip` crate in
