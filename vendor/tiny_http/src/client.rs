@@ -89,7 +89,13 @@ impl ClientConnection {
         let secure = read_socket.secure();
         let slot = read_socket.slot().clone();
 
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
+        // 16 KiB, not 1 KiB: Anki sends a streamed body in chunks of about
+        // 4 KiB, and with a 1 KiB buffer each chunk took two reads from the
+        // socket (its size line and first bytes, then the rest); now one
+        // read takes several chunks. The buffer lives as long as the
+        // connection, which the connection caps bound.
+        let mut source =
+            SequentialReaderBuilder::new(BufReader::with_capacity(16 * 1024, read_socket));
         let first_header = source.next().unwrap();
 
         ClientConnection {
