@@ -300,12 +300,79 @@ impl Read for EntryReader<'_> {
 /// Writes a zip of Stored entries to a seekable sink, one entry at a time.
 pub struct ZipWriter<W> {
     out: W,
-    offset: u64,
+    dir: Directory,
+}
+
+/// What both writers keep as entries go out: the central directory so far,
+/// where the next entry starts, and from which offset and count on zip64
+/// is needed (lowered by tests, so they can reach it without 4 GiB).
+struct Directory {
     central: Vec<u8>,
+    offset: u64,
     count: u64,
-    /// Offsets and counts from here on need zip64 (lowered by tests).
     zip64_offset: u64,
     zip64_count: u64,
+}
+
+impl Directory {
+    fn new(zip64_offset: u64, zip64_count: u64) -> Self {
+        Directory {
+            central: Vec::new(),
+            offset: 0,
+            count: 0,
+            zip64_offset,
+            zip64_count,
+        }
+    }
+
+    /// Records the entry that starts at `offset`: its local header of
+    /// `header_len` bytes, then `size` bytes of data.
+    fn record(&mut self, name: &str, crc: u32, size: u32, header_len: usize) {
+        let far = self.offset >= self.zip64_offset;
+        central_record(&mut self.central, name, crc, size, self.offset, far);
+        self.offset += header_len as u64 + u64::from(size);
+        self.count += 1;
+    }
+
+    /// Whether an archive of `count` entries, its central directory of
+    /// `central_len` bytes at `central_offset`, needs zip64 end records.
+    fn needs_zip64(&self, count: u64, central_offset: u64, central_len: u64) -> bool {
+        count >= self.zip64_count
+            || central_offset >= self.zip64_offset
+            || central_len >= u64::from(u32::MAX)
+    }
+
+    /// The central directory and the end records, which end the archive.
+    fn tail(&mut self) -> Vec<u8> {
+        let central_offset = self.offset;
+        let central_len = self.central.len() as u64;
+        let zip64 = self.needs_zip64(self.count, central_offset, central_len);
+        let mut tail = std::mem::take(&mut self.central);
+        tail.extend_from_slice(&end_records(self.count, central_offset, central_len, zip64));
+        tail
+    }
+}
+
+/// Reads `source` to its end through `buf`, handing each piece to `sink`;
+/// returns the CRC and length of what was read.
+fn read_with_crc(
+    source: &mut dyn Read,
+    buf: &mut [u8],
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<(u32, u64)> {
+    let mut crc = Crc::new();
+    let mut size = 0u64;
+    loop {
+        let n = match source.read(buf) {
+            Ok(0) => return Ok((crc.sum(), size)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        crc.update(&buf[..n]);
+        sink(&buf[..n])?;
+        size += n as u64;
+    }
 }
 
 const ZIP64_EXTRA: u16 = 0x0001;
@@ -327,84 +394,47 @@ impl<W: Write + Seek> ZipWriter<W> {
     pub fn new(out: W) -> Self {
         ZipWriter {
             out,
-            offset: 0,
-            central: Vec::new(),
-            count: 0,
-            zip64_offset: u64::from(u32::MAX),
-            zip64_count: u64::from(u16::MAX),
+            dir: Directory::new(u64::from(u32::MAX), u64::from(u16::MAX)),
         }
     }
 
     /// Entries in the archive so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.dir.count
     }
 
     /// Uses zip64 from these lower offsets and counts, so tests can reach
     /// it without writing 4 GiB.
     #[cfg(test)]
     fn zip64_from(mut self, offset: u64, count: u64) -> Self {
-        self.zip64_offset = offset;
-        self.zip64_count = count;
+        self.dir = Directory::new(offset, count);
         self
     }
 
     /// Copies `data` into a new Stored entry; returns its size.
     pub fn add(&mut self, name: &str, data: &mut dyn Read) -> io::Result<u64> {
-        let header_offset = self.offset;
+        let header_offset = self.dir.offset;
         // CRC and sizes are patched in below, once the data has passed.
         let local = local_header(name, 0, 0)?;
-        self.count += 1;
         self.out.write_all(&local)?;
-
-        let mut crc = Crc::new();
-        let mut size = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            crc.update(&buf[..n]);
-            self.out.write_all(&buf[..n])?;
-            size += n as u64;
-        }
+        let out = &mut self.out;
+        let (crc, size) = read_with_crc(data, &mut buf, |piece| out.write_all(piece))?;
         let size32 = small(size, "entry")?;
         self.out.seek(SeekFrom::Start(header_offset + 14))?;
-        self.out.write_all(&crc_and_sizes(crc.sum(), size32))?;
-        self.offset += local.len() as u64 + size;
-        self.out.seek(SeekFrom::Start(self.offset))?;
-        let far = header_offset >= self.zip64_offset;
-        central_record(
-            &mut self.central,
-            name,
-            crc.sum(),
-            size32,
-            header_offset,
-            far,
-        );
+        self.out.write_all(&crc_and_sizes(crc, size32))?;
+        self.dir.record(name, crc, size32, local.len());
+        self.out.seek(SeekFrom::Start(self.dir.offset))?;
         Ok(size)
     }
 
     /// Writes the central directory and end records; returns the sink and
     /// the archive's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        let central_offset = self.offset;
-        let central_len = self.central.len() as u64;
-        self.out.write_all(&self.central)?;
-        let zip64 = needs_zip64(
-            self.count,
-            central_offset,
-            central_len,
-            self.zip64_offset,
-            self.zip64_count,
-        );
-        let end = end_records(self.count, central_offset, central_len, zip64);
-        self.out.write_all(&end)?;
+        let tail = self.dir.tail();
+        self.out.write_all(&tail)?;
         self.out.flush()?;
-        let len = central_offset + central_len + end.len() as u64;
+        let len = self.dir.offset + tail.len() as u64;
         Ok((self.out, len))
     }
 }
@@ -469,16 +499,6 @@ fn central_record_len(name: &str, far: bool) -> u64 {
     (CENTRAL_LEN + name.len()) as u64 + if far { 12 } else { 0 }
 }
 
-fn needs_zip64(
-    count: u64,
-    central_offset: u64,
-    central_len: u64,
-    zip64_offset: u64,
-    zip64_count: u64,
-) -> bool {
-    count >= zip64_count || central_offset >= zip64_offset || central_len >= u64::from(u32::MAX)
-}
-
 /// The end records: zip64's record and locator when `zip64`, then the
 /// classic record, its fields saturated when zip64 holds them.
 fn end_records(count: u64, central_offset: u64, central_len: u64, zip64: bool) -> Vec<u8> {
@@ -540,11 +560,7 @@ pub struct ZipStream<'a> {
     /// Header or tail bytes waiting to be read, from `pending_at` on.
     pending: Vec<u8>,
     pending_at: usize,
-    central: Vec<u8>,
-    offset: u64,
-    count: u64,
-    zip64_offset: u64,
-    zip64_count: u64,
+    dir: Directory,
     finished: bool,
     len: u64,
     buf: Vec<u8>,
@@ -574,18 +590,14 @@ impl<'a> ZipStream<'a> {
             central_len += central_record_len(name, offset >= zip64_offset);
             offset += LOCAL_LEN + name.len() as u64 + size;
         }
-        let count = entries.len() as u64;
-        let zip64 = needs_zip64(count, offset, central_len, zip64_offset, zip64_count);
+        let dir = Directory::new(zip64_offset, zip64_count);
+        let zip64 = dir.needs_zip64(entries.len() as u64, offset, central_len);
         Ok(ZipStream {
             entries: entries.into_iter(),
             current: None,
             pending: Vec::new(),
             pending_at: 0,
-            central: Vec::new(),
-            offset: 0,
-            count: 0,
-            zip64_offset,
-            zip64_count,
+            dir,
             finished: false,
             len: offset + central_len + end_records_len(zip64) as u64,
             buf: vec![0u8; 64 * 1024],
@@ -605,18 +617,7 @@ impl<'a> ZipStream<'a> {
         mut source: Box<dyn ReadSeek + 'a>,
         size: u64,
     ) -> io::Result<()> {
-        let mut crc = Crc::new();
-        let mut seen = 0u64;
-        loop {
-            let n = match source.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            crc.update(&self.buf[..n]);
-            seen += n as u64;
-        }
+        let (crc, seen) = read_with_crc(&mut source, &mut self.buf, |_| Ok(()))?;
         if seen != size {
             return Err(io::Error::other(format!(
                 "{name}: {seen} bytes where {size} were expected (changed while being sent)"
@@ -624,38 +625,17 @@ impl<'a> ZipStream<'a> {
         }
         source.seek(SeekFrom::Start(0))?;
         let size32 = small(size, "entry")?;
-        let header_offset = self.offset;
-        self.pending = local_header(&name, crc.sum(), size32)?;
+        self.pending = local_header(&name, crc, size32)?;
         self.pending_at = 0;
-        let far = header_offset >= self.zip64_offset;
-        central_record(
-            &mut self.central,
-            &name,
-            crc.sum(),
-            size32,
-            header_offset,
-            far,
-        );
-        self.offset += self.pending.len() as u64 + size;
-        self.count += 1;
-        self.current = Some((source, size, Crc::new(), crc.sum()));
+        self.dir.record(&name, crc, size32, self.pending.len());
+        self.current = Some((source, size, Crc::new(), crc));
         Ok(())
     }
 
     /// Queues the central directory and end records.
     fn end(&mut self) -> io::Result<()> {
-        let central_offset = self.offset;
-        let central_len = self.central.len() as u64;
-        let zip64 = needs_zip64(
-            self.count,
-            central_offset,
-            central_len,
-            self.zip64_offset,
-            self.zip64_count,
-        );
-        let mut tail = std::mem::take(&mut self.central);
-        tail.extend_from_slice(&end_records(self.count, central_offset, central_len, zip64));
-        if central_offset + tail.len() as u64 != self.len {
+        let tail = self.dir.tail();
+        if self.dir.offset + tail.len() as u64 != self.len {
             return Err(io::Error::other("zip length differs from its plan"));
         }
         self.pending = tail;
